@@ -1,0 +1,158 @@
+//! ADD: address, wiring, datapath — each step undone if a later one fails.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use super::config::NetConf;
+use super::env::CniEnv;
+use super::error::{CniError, INVALID_ENV};
+use super::result::{ip_config, mac_string, AddResult, Interface, RouteJson};
+use super::undo::Undo;
+use super::host_veth_name;
+use crate::datapath::{self, Attached, Datapath, EndpointEntry};
+use crate::ipam::{self, Allocation, Cidr, DiskStore};
+use crate::netlink::{Link, Netlink, Netns};
+
+pub fn add(conf: &NetConf, env: &CniEnv) -> Result<AddResult> {
+    let netns_path = env.netns.as_deref().expect("ADD requires CNI_NETNS");
+    let ns = Netns::open(netns_path).map_err(|e| CniError::new(INVALID_ENV, format!("CNI_NETNS: {e:#}")))?;
+    let dp = Datapath::load(&conf.bpf_pin_path, &conf.name)?;
+    let host = Netlink::connect()?;
+    let host_if = host_veth_name(&env.container_id, &env.ifname);
+    // Declared after what its steps borrow, so it is dropped first.
+    let mut undo = Undo::default();
+
+    let allocs = {
+        let mut store = DiskStore::open(&conf.data_dir, &conf.name)?;
+        ipam::allocate(&mut store, &conf.rangesets, &env.container_id, &env.ifname)?
+    };
+    undo.push("release addresses", || {
+        let mut store = DiskStore::open(&conf.data_dir, &conf.name)?;
+        ipam::release(&mut store, &env.container_id, &env.ifname).map(drop)
+    });
+
+    let bridge = ensure_bridge(&host, conf, &allocs)?;
+
+    // Left by an ADD that crashed for this same container and interface.
+    if host.link_by_name(&host_if)?.is_some() {
+        host.delete_link(&host_if)?;
+    }
+    host.create_veth(&host_if, &env.ifname, ns.raw_fd(), conf.mtu)?;
+    undo.push(format!("delete veth {host_if}"), || host.delete_link(&host_if).map(drop));
+
+    let pod = Netlink::connect_in(&ns)?;
+    let pod_link = pod
+        .link_by_name(&env.ifname)?
+        .ok_or_else(|| anyhow!("{} vanished from {}", env.ifname, netns_path.display()))?;
+    configure_pod(&pod, &pod_link, conf, &allocs).with_context(|| format!("configure {} in {}", env.ifname, netns_path.display()))?;
+
+    let host_link = host.link_by_name(&host_if)?.ok_or_else(|| anyhow!("veth {host_if} vanished"))?;
+    host.set_master(host_link.index, bridge.index)?;
+    // The program is in place before the first packet can flow.
+    let attached = dp.attach(&host_if, host_link.index, conf.attach_mode)?;
+    undo.push(format!("detach from {host_if}"), || datapath::detach(&dp.dir, &host_if));
+    let flags = match attached {
+        Attached::Tcx => datapath::ENDPOINT_F_TCX,
+        Attached::Tc => datapath::ENDPOINT_F_TC,
+    };
+    let pod_mac = pod_link.mac.ok_or_else(|| anyhow!("{} has no MAC address", env.ifname))?;
+    let maps = &dp.maps;
+    for a in &allocs {
+        let ip = a.address.addr;
+        undo.push(format!("remove endpoint {ip}"), move || maps.remove_endpoint(ip));
+        dp.maps.put_endpoint(&EndpointEntry { ip, ifindex: host_link.index, mac: pod_mac, flags })?;
+    }
+    host.set_up(host_link.index)?;
+    undo.commit();
+
+    Ok(build_result(conf, &bridge, &host_link, &pod_link, netns_path.display().to_string(), &allocs))
+}
+
+/// The bridge with every range's gateway address, up. It is shared by all
+/// pods of the network, so it is created when missing and never removed.
+fn ensure_bridge(host: &Netlink, conf: &NetConf, allocs: &[Allocation]) -> Result<Link> {
+    let existing = host.link_by_name(&conf.bridge)?;
+    if existing.is_none() {
+        match host.create_bridge(&conf.bridge, conf.mtu) {
+            // Another ADD created it meanwhile.
+            Err(e) if crate::netlink::is_exists(&e) => {}
+            other => other?,
+        }
+    }
+    let bridge = host
+        .link_by_name(&conf.bridge)?
+        .ok_or_else(|| anyhow!("bridge {} vanished", conf.bridge))?;
+    if bridge.kind.as_deref() != Some("bridge") {
+        bail!(
+            "link {} exists and is a {}, not a bridge: choose another \"bridge\" name",
+            conf.bridge,
+            bridge.kind.as_deref().unwrap_or("device of unknown kind")
+        );
+    }
+    for a in allocs {
+        host.add_address(bridge.index, Cidr { addr: a.gateway, prefix: a.address.prefix })?;
+    }
+    if !bridge.up {
+        host.set_up(bridge.index)?;
+    }
+    Ok(bridge)
+}
+
+fn default_route(like: IpAddr) -> Cidr {
+    let any = if like.is_ipv4() { IpAddr::V4(Ipv4Addr::UNSPECIFIED) } else { IpAddr::V6(Ipv6Addr::UNSPECIFIED) };
+    Cidr { addr: any, prefix: 0 }
+}
+
+fn gateway_for(allocs: &[Allocation], dst: &Cidr) -> Option<IpAddr> {
+    allocs.iter().find(|a| a.address.is_ipv4() == dst.is_ipv4()).map(|a| a.gateway)
+}
+
+/// Inside the pod: addresses, link up, a default route per family via its
+/// gateway, then the configured routes.
+fn configure_pod(pod: &Netlink, link: &Link, conf: &NetConf, allocs: &[Allocation]) -> Result<()> {
+    for a in allocs {
+        pod.add_address(link.index, a.address)?;
+    }
+    pod.set_up(link.index)?;
+    for a in allocs {
+        pod.add_route(default_route(a.gateway), Some(a.gateway), link.index)?;
+    }
+    for r in &conf.routes {
+        if r.dst.prefix == 0 && r.gw.is_none() {
+            continue; // the default route is already there
+        }
+        let gw = r.gw.or_else(|| gateway_for(allocs, &r.dst));
+        if gw.is_none() {
+            continue; // no address of that family: nothing to route through
+        }
+        pod.add_route(r.dst, gw, link.index)?;
+    }
+    Ok(())
+}
+
+fn build_result(conf: &NetConf, bridge: &Link, host: &Link, pod: &Link, sandbox: String, allocs: &[Allocation]) -> AddResult {
+    let iface = |l: &Link, sandbox: String| Interface {
+        name: l.name.clone(),
+        mac: l.mac.map(mac_string).unwrap_or_default(),
+        mtu: conf.mtu,
+        sandbox,
+    };
+    let mut routes: Vec<RouteJson> = allocs
+        .iter()
+        .map(|a| RouteJson { dst: default_route(a.gateway).to_string(), gw: Some(a.gateway) })
+        .collect();
+    for r in &conf.routes {
+        if r.dst.prefix == 0 && r.gw.is_none() {
+            continue;
+        }
+        if let Some(gw) = r.gw.or_else(|| gateway_for(allocs, &r.dst)) {
+            routes.push(RouteJson { dst: r.dst.to_string(), gw: Some(gw) });
+        }
+    }
+    AddResult {
+        interfaces: vec![iface(bridge, String::new()), iface(host, String::new()), iface(pod, sandbox)],
+        ips: allocs.iter().map(|a| ip_config(a.address, a.gateway, 2)).collect(),
+        routes,
+    }
+}

@@ -1,0 +1,358 @@
+//! The network configuration: parsed, defaulted and validated completely
+//! before anything on the node is touched. Two styles are accepted — the
+//! seed style (`subnet`, `gateway` at the top level) and host-local's
+//! (`ipam.ranges`, `ipam.routes`) — and unknown keys are rejected, so a
+//! typo is an error instead of a silently ignored setting.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::error::{CniError, DECODE_FAILURE, INCOMPATIBLE_VERSION, INVALID_CONFIG};
+use super::version;
+use crate::datapath::AttachMode;
+use crate::ipam::{Cidr, IpRange};
+
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/networks";
+pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/ebpfcni";
+pub const DEFAULT_BRIDGE: &str = "ebpfcni0";
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawConf {
+    cni_version: String,
+    name: String,
+    #[serde(rename = "type")]
+    plugin_type: String,
+    bridge: Option<String>,
+    subnet: Option<String>,
+    gateway: Option<String>,
+    ipam: Option<RawIpam>,
+    data_dir: Option<PathBuf>,
+    bpf_pin_path: Option<PathBuf>,
+    mtu: Option<u32>,
+    attach_mode: Option<String>,
+    log_file: Option<PathBuf>,
+    // Set by the runtime or reserved by the spec: accepted, read where used.
+    #[serde(rename = "args")]
+    _args: Option<Value>,
+    #[serde(rename = "runtimeConfig")]
+    _runtime_config: Option<Value>,
+    prev_result: Option<Value>,
+    #[serde(rename = "capabilities")]
+    _capabilities: Option<Value>,
+    #[serde(rename = "dns")]
+    _dns: Option<Value>,
+    #[serde(rename = "cniVersions")]
+    _cni_versions: Option<Value>,
+    disable_check: Option<bool>,
+    #[serde(rename = "disableGC")]
+    _disable_gc: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawIpam {
+    #[serde(rename = "type")]
+    ipam_type: Option<String>,
+    ranges: Option<Vec<Vec<RawRange>>>,
+    routes: Option<Vec<RawRoute>>,
+    subnet: Option<String>,
+    gateway: Option<String>,
+    range_start: Option<String>,
+    range_end: Option<String>,
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawRange {
+    subnet: String,
+    range_start: Option<String>,
+    range_end: Option<String>,
+    gateway: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    dst: String,
+    gw: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub dst: Cidr,
+    pub gw: Option<IpAddr>,
+}
+
+/// A validated configuration with every default filled in.
+#[derive(Clone, Debug)]
+pub struct NetConf {
+    pub cni_version: String,
+    pub name: String,
+    pub bridge: String,
+    /// One range set per address family (host-local's `ranges`).
+    pub rangesets: Vec<Vec<IpRange>>,
+    pub routes: Vec<Route>,
+    pub data_dir: PathBuf,
+    pub bpf_pin_path: PathBuf,
+    pub mtu: Option<u32>,
+    pub attach_mode: AttachMode,
+    pub log_file: Option<PathBuf>,
+    pub prev_result: Option<Value>,
+    pub disable_check: bool,
+}
+
+fn invalid(msg: impl Into<String>) -> anyhow::Error {
+    CniError::new(INVALID_CONFIG, msg)
+}
+
+fn ip(what: &str, s: &str) -> Result<IpAddr> {
+    s.parse().map_err(|_| invalid(format!("{what} {s:?} is not an IP address")))
+}
+
+fn cidr(what: &str, s: &str) -> Result<Cidr> {
+    s.parse::<Cidr>().map_err(|e| invalid(format!("{what} {s:?}: {e:#}")))
+}
+
+/// The `cniVersion` of a config, for error JSON, even when the rest is bad.
+pub fn peek_version(bytes: &[u8]) -> Option<String> {
+    let v: Value = serde_json::from_slice(bytes).ok()?;
+    v.get("cniVersion")?.as_str().map(str::to_string)
+}
+
+impl NetConf {
+    pub fn parse(bytes: &[u8]) -> Result<Self> {
+        let value: Value = serde_json::from_slice(bytes)
+            .map_err(|e| CniError::new(DECODE_FAILURE, format!("network config is not valid JSON: {e}")))?;
+        // The version decides how the rest is read: check it first.
+        match value.get("cniVersion") {
+            Some(Value::String(v)) if version::is_supported(v) => {}
+            Some(v) => {
+                return Err(CniError::new(
+                    INCOMPATIBLE_VERSION,
+                    format!("cniVersion {v} is not supported (supported: {})", version::SUPPORTED.join(", ")),
+                ))
+            }
+            None => bail!(invalid("network config has no cniVersion")),
+        }
+        let raw: RawConf = serde_json::from_value(value)
+            .map_err(|e| invalid(format!("network config: {e}")))?;
+        Self::from_raw(raw)
+    }
+
+    fn from_raw(raw: RawConf) -> Result<Self> {
+        validate_network_name(&raw.name)?;
+        let bridge = raw.bridge.unwrap_or_else(|| DEFAULT_BRIDGE.to_string());
+        super::env::validate_ifname(&bridge).map_err(|_| invalid(format!("bridge {bridge:?} is not a valid interface name")))?;
+        if let Some(mtu) = raw.mtu {
+            if !(68..=65535).contains(&mtu) {
+                bail!(invalid(format!("mtu {mtu} is outside 68-65535")));
+            }
+        }
+        let attach_mode = match raw.attach_mode.as_deref() {
+            None => AttachMode::Auto,
+            Some(s) => s.parse().map_err(|e: anyhow::Error| invalid(e.to_string()))?,
+        };
+
+        let ipam = raw.ipam.unwrap_or(RawIpam {
+            ipam_type: None,
+            ranges: None,
+            routes: None,
+            subnet: None,
+            gateway: None,
+            range_start: None,
+            range_end: None,
+            data_dir: None,
+        });
+        if let Some(t) = ipam.ipam_type.as_deref() {
+            if t != "host-local" && t != "ebpfcni" {
+                bail!(invalid(format!(
+                    "ipam type {t:?} is not supported: ebpfcni allocates addresses itself, host-local style"
+                )));
+            }
+        }
+        let rangesets = collect_ranges(&raw.subnet, &raw.gateway, &ipam)?;
+        let mut routes = Vec::new();
+        for r in ipam.routes.unwrap_or_default() {
+            let dst = cidr("route dst", &r.dst)?;
+            let gw = r.gw.as_deref().map(|g| ip("route gw", g)).transpose()?;
+            if gw.is_some_and(|g| g.is_ipv4() != dst.is_ipv4()) {
+                bail!(invalid(format!("route {} has a gateway of the other family", r.dst)));
+            }
+            routes.push(Route { dst: dst.as_network(), gw });
+        }
+
+        Ok(NetConf {
+            cni_version: raw.cni_version,
+            name: raw.name,
+            bridge,
+            rangesets,
+            routes,
+            data_dir: raw.data_dir.or(ipam.data_dir).unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
+            bpf_pin_path: raw.bpf_pin_path.unwrap_or_else(|| DEFAULT_PIN_PATH.into()),
+            mtu: raw.mtu,
+            attach_mode,
+            log_file: raw.log_file,
+            prev_result: raw.prev_result,
+            disable_check: raw.disable_check.unwrap_or(false),
+        })
+    }
+}
+
+/// Network names become directory names: the spec's character set only.
+fn validate_network_name(name: &str) -> Result<()> {
+    let ok = name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+        && name.len() <= 255;
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(format!("network name {name:?} must be letters, digits, '_', '.', '-' (starting with a letter or digit)")))
+    }
+}
+
+fn collect_ranges(subnet: &Option<String>, gateway: &Option<String>, ipam: &RawIpam) -> Result<Vec<Vec<IpRange>>> {
+    let top = subnet.is_some() || gateway.is_some();
+    let flat = ipam.subnet.is_some();
+    let nested = ipam.ranges.is_some();
+    if [top, flat, nested].iter().filter(|b| **b).count() > 1 {
+        bail!(invalid("give the subnet once: top-level subnet, ipam.subnet or ipam.ranges"));
+    }
+    let raw_sets: Vec<Vec<RawRange>> = if top {
+        let subnet = subnet.clone().ok_or_else(|| invalid("gateway is set but subnet is missing"))?;
+        vec![vec![RawRange { subnet, range_start: None, range_end: None, gateway: gateway.clone() }]]
+    } else if flat {
+        vec![vec![RawRange {
+            subnet: ipam.subnet.clone().unwrap_or_default(),
+            range_start: ipam.range_start.clone(),
+            range_end: ipam.range_end.clone(),
+            gateway: ipam.gateway.clone(),
+        }]]
+    } else if let Some(r) = &ipam.ranges {
+        r.iter()
+            .map(|set| {
+                set.iter()
+                    .map(|r| RawRange {
+                        subnet: r.subnet.clone(),
+                        range_start: r.range_start.clone(),
+                        range_end: r.range_end.clone(),
+                        gateway: r.gateway.clone(),
+                    })
+                    .collect()
+            })
+            .collect()
+    } else {
+        bail!(invalid("no subnet: set \"subnet\" (or ipam.ranges)"));
+    };
+
+    let mut sets: Vec<Vec<IpRange>> = Vec::new();
+    for raw_set in raw_sets {
+        if raw_set.is_empty() {
+            bail!(invalid("ipam.ranges holds an empty range set"));
+        }
+        let mut set = Vec::new();
+        for r in raw_set {
+            let subnet = cidr("subnet", &r.subnet)?;
+            let opt = |what: &str, v: &Option<String>| v.as_deref().map(|s| ip(what, s)).transpose();
+            let range = IpRange::new(
+                subnet,
+                opt("rangeStart", &r.range_start)?,
+                opt("rangeEnd", &r.range_end)?,
+                opt("gateway", &r.gateway)?,
+            )
+            .map_err(|e| invalid(format!("{e:#}")))?;
+            set.push(range);
+        }
+        let family = set[0].subnet.is_ipv4();
+        if set.iter().any(|r| r.subnet.is_ipv4() != family) {
+            bail!(invalid("a range set mixes IPv4 and IPv6; give each family its own set"));
+        }
+        if sets.iter().any(|s| s[0].subnet.is_ipv4() == family) {
+            bail!(invalid("two range sets of the same family; put the ranges in one set"));
+        }
+        sets.push(set);
+    }
+    let all: Vec<&IpRange> = sets.iter().flatten().collect();
+    for (i, a) in all.iter().enumerate() {
+        for b in &all[i + 1..] {
+            if a.overlaps(b) {
+                bail!(invalid(format!("ranges {}-{} and {}-{} overlap", a.start, a.end, b.start, b.end)));
+            }
+        }
+    }
+    Ok(sets)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cni::error::to_json;
+
+    fn code(json: &str) -> u32 {
+        to_json(&NetConf::parse(json.as_bytes()).unwrap_err(), "1.0.0").code
+    }
+
+    #[test]
+    fn seed_config_works_as_written() {
+        let c = NetConf::parse(
+            br#"{ "cniVersion": "1.0.0", "name": "simple-ebpf-cni", "type": "ebpfcni",
+                  "bridge": "cbr0", "subnet": "10.244.1.0/24", "gateway": "10.244.1.1" }"#,
+        )
+        .unwrap();
+        assert_eq!(c.bridge, "cbr0");
+        assert_eq!(c.rangesets[0][0].gateway.to_string(), "10.244.1.1");
+        assert_eq!(c.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+        assert_eq!(c.bpf_pin_path, PathBuf::from(DEFAULT_PIN_PATH));
+        assert_eq!(c.attach_mode, AttachMode::Auto);
+    }
+
+    #[test]
+    fn host_local_style_with_routes_and_data_dir() {
+        let c = NetConf::parse(
+            br#"{"cniVersion":"0.4.0","name":"n","type":"ebpfcni","mtu":1400,"attachMode":"tc",
+                 "ipam":{"type":"host-local","dataDir":"/tmp/x",
+                   "ranges":[[{"subnet":"10.9.0.0/16","rangeStart":"10.9.1.10","rangeEnd":"10.9.1.20"}],
+                             [{"subnet":"fd00:9::/64"}]],
+                   "routes":[{"dst":"192.168.0.0/16"},{"dst":"172.16.0.0/12","gw":"10.9.0.254"}]}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.rangesets.len(), 2);
+        assert_eq!(c.rangesets[0][0].gateway.to_string(), "10.9.0.1");
+        assert_eq!(c.routes.len(), 2);
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(c.mtu, Some(1400));
+        assert_eq!(c.attach_mode, AttachMode::Tc);
+    }
+
+    #[test]
+    fn invalid_configs_get_the_right_code() {
+        let base = |extra: &str| {
+            format!(r#"{{"cniVersion":"1.0.0","name":"n","type":"ebpfcni","subnet":"10.1.0.0/24"{extra}}}"#)
+        };
+        assert_eq!(code(&base(r#","gateway":"10.2.0.1""#)), INVALID_CONFIG);
+        assert_eq!(code(&base(r#","subnnet":"10.1.0.0/24""#)), INVALID_CONFIG);
+        assert_eq!(code(&base(r#","mtu":"big""#)), INVALID_CONFIG);
+        assert_eq!(code(&base(r#","attachMode":"xdp""#)), INVALID_CONFIG);
+        assert_eq!(code(r#"{"cniVersion":"1.0.0","name":"n","type":"ebpfcni","subnet":"10.1.0.0/33"}"#), INVALID_CONFIG);
+        assert_eq!(code(r#"{"cniVersion":"1.0.0","name":"n","type":"ebpfcni","subnet":"banana"}"#), INVALID_CONFIG);
+        assert_eq!(code(r#"{"cniVersion":"1.0.0","name":"../x","type":"ebpfcni","subnet":"10.1.0.0/24"}"#), INVALID_CONFIG);
+        assert_eq!(code(r#"{"cniVersion":"9.9.9","name":"n","type":"ebpfcni","subnet":"10.1.0.0/24"}"#), INCOMPATIBLE_VERSION);
+        assert_eq!(code(r#"{"cniVersion":"1.0.0","#), DECODE_FAILURE);
+        assert_eq!(code(r#"{"cniVersion":"1.0.0","name":"n","type":"ebpfcni"}"#), INVALID_CONFIG);
+    }
+
+    #[test]
+    fn overlapping_ranges_are_rejected() {
+        let e = NetConf::parse(
+            br#"{"cniVersion":"1.0.0","name":"n","type":"ebpfcni","ipam":{"ranges":[[
+                {"subnet":"10.1.0.0/24"},{"subnet":"10.1.0.0/16","rangeStart":"10.1.0.100"}]]}}"#,
+        )
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("overlap"), "{e:#}");
+    }
+}

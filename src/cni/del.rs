@@ -1,0 +1,39 @@
+//! DEL: the reverse of ADD, idempotent — whatever is already gone (the
+//! netns, the veth, a map entry, the lease) counts as removed.
+
+use std::net::IpAddr;
+
+use anyhow::Result;
+
+use super::config::NetConf;
+use super::env::CniEnv;
+use super::host_veth_name;
+use crate::datapath::{self, Maps};
+use crate::ipam::{self, DiskStore, LeaseStore};
+use crate::netlink::Netlink;
+
+pub fn del(conf: &NetConf, env: &CniEnv) -> Result<Vec<IpAddr>> {
+    let host_if = host_veth_name(&env.container_id, &env.ifname);
+    let host = Netlink::connect()?;
+    let host_link = host.link_by_name(&host_if)?;
+    let mut store = DiskStore::open(&conf.data_dir, &conf.name)?;
+    let ips: Vec<IpAddr> = store.leases_of(&env.container_id, &env.ifname)?.iter().map(|l| l.ip).collect();
+
+    let dir = datapath::network_dir(&conf.bpf_pin_path, &conf.name);
+    if let Some(maps) = Maps::open_if_pinned(&dir)? {
+        // Entries pointing at this veth too: a crash may have left one
+        // whose lease is already gone.
+        let mut stale: Vec<IpAddr> = ips.clone();
+        if let Some(link) = &host_link {
+            stale.extend(maps.endpoints()?.iter().filter(|e| e.ifindex == link.index).map(|e| e.ip));
+        }
+        for ip in stale {
+            maps.remove_endpoint(ip)?;
+            maps.remove_stats(ip)?;
+        }
+    }
+    datapath::detach(&dir, &host_if)?;
+    host.delete_link(&host_if)?;
+    ipam::release(&mut store, &env.container_id, &env.ifname)?;
+    Ok(ips)
+}

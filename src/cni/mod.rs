@@ -1,0 +1,162 @@
+//! CNI mode: reads the config from stdin and the `CNI_*` environment, runs
+//! the command, and writes only the result or the spec's error JSON to
+//! stdout. Diagnostics go to stderr and, when configured, `logFile`.
+
+mod add;
+pub mod config;
+mod del;
+pub mod env;
+pub mod error;
+pub mod result;
+mod undo;
+pub mod version;
+
+use std::fs::OpenOptions;
+use std::io::{Read, Write};
+use std::path::Path;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Result;
+use serde_json::{json, Value};
+
+use config::NetConf;
+use env::CniEnv;
+use error::{CniError, DECODE_FAILURE, INVALID_ENV};
+
+/// Configs larger than this are not network configs.
+const MAX_STDIN: u64 = 4 << 20;
+
+/// The host-side veth of a pod: derived from container ID and interface
+/// (stable, so DEL finds it even after a restart), 15 characters.
+pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
+    let h = crate::fnv::fnv1a64(format!("{container_id}\0{ifname}").as_bytes());
+    format!("veth{:011x}", h & 0xfff_ffff_ffff)
+}
+
+/// Runs one CNI command and returns the process exit code.
+pub fn main(command: &str) -> i32 {
+    let mut stdin = Vec::new();
+    let read = std::io::stdin().take(MAX_STDIN + 1).read_to_end(&mut stdin);
+    let version = config::peek_version(&stdin)
+        .filter(|v| version::is_supported(v))
+        .unwrap_or_else(|| version::LATEST.to_string());
+    let outcome = match read {
+        Err(e) => Err(CniError::new(DECODE_FAILURE, format!("read network config from stdin: {e}"))),
+        Ok(_) if stdin.len() as u64 > MAX_STDIN => {
+            Err(CniError::new(DECODE_FAILURE, format!("network config is larger than {MAX_STDIN} bytes")))
+        }
+        Ok(_) => run(command, &stdin),
+    };
+    let mut out = std::io::stdout().lock();
+    match outcome {
+        Ok(None) => 0,
+        Ok(Some(v)) => {
+            let _ = writeln!(out, "{v}");
+            0
+        }
+        Err(e) => {
+            eprintln!("ebpfcni: {command}: {e:#}");
+            let _ = writeln!(out, "{}", serde_json::to_string(&error::to_json(&e, &version)).expect("error serializes"));
+            1
+        }
+    }
+}
+
+fn run(command: &str, stdin: &[u8]) -> Result<Option<Value>> {
+    match command {
+        "VERSION" => Ok(Some(json!({
+            "cniVersion": config::peek_version(stdin).filter(|v| version::is_supported(v)).unwrap_or(version::LATEST.into()),
+            "supportedVersions": version::SUPPORTED,
+        }))),
+        "ADD" | "DEL" => {
+            let conf = NetConf::parse(stdin)?;
+            let env = CniEnv::from_env(command)?;
+            let started = Instant::now();
+            let outcome = if command == "ADD" {
+                add::add(&conf, &env).map(|r| Some(r.render(&conf.cni_version)))
+            } else {
+                del::del(&conf, &env).map(|_| None)
+            };
+            log_outcome(&conf, &env, &outcome, started);
+            outcome
+        }
+        other => Err(CniError::new(INVALID_ENV, format!("CNI_COMMAND {other:?} is not supported"))),
+    }
+}
+
+/// One line per ADD/DEL in `logFile`: who, which addresses, the outcome
+/// and how long it took.
+fn log_outcome(conf: &NetConf, env: &CniEnv, outcome: &Result<Option<Value>>, started: Instant) {
+    let Some(path) = &conf.log_file else { return };
+    let addresses = match outcome {
+        Ok(Some(v)) => v["ips"]
+            .as_array()
+            .map(|ips| ips.iter().filter_map(|i| i["address"].as_str()).collect::<Vec<_>>().join(","))
+            .unwrap_or_default(),
+        _ => String::new(),
+    };
+    let result = match outcome {
+        Ok(_) => "ok".to_string(),
+        Err(e) => format!("error: {}", format!("{e:#}").replace('\n', " ")),
+    };
+    let line = format!(
+        "{} {} network={} container={} ifname={} addresses=[{}] duration_ms={:.1} outcome={}\n",
+        utc_timestamp(SystemTime::now()),
+        env.command,
+        conf.name,
+        env.container_id,
+        env.ifname,
+        addresses,
+        started.elapsed().as_secs_f64() * 1000.0,
+        result
+    );
+    if let Err(e) = append(path, &line) {
+        eprintln!("ebpfcni: write log {}: {e:#}", path.display());
+    }
+}
+
+fn append(path: &Path, line: &str) -> Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    OpenOptions::new().create(true).append(true).open(path)?.write_all(line.as_bytes())?;
+    Ok(())
+}
+
+/// RFC 3339 UTC time without pulling in a date crate.
+fn utc_timestamp(t: SystemTime) -> String {
+    let secs = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn host_veth_names_are_stable_and_short() {
+        let a = host_veth_name("0123456789abcdef", "eth0");
+        assert_eq!(a, host_veth_name("0123456789abcdef", "eth0"));
+        assert_ne!(a, host_veth_name("0123456789abcdef", "eth1"));
+        assert_eq!(a.len(), 15);
+        assert!(a.starts_with("veth"));
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_utc() {
+        assert_eq!(utc_timestamp(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        assert_eq!(utc_timestamp(UNIX_EPOCH + Duration::from_secs(1_795_000_000)), "2026-11-18T11:06:40Z");
+    }
+}

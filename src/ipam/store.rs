@@ -1,0 +1,260 @@
+//! Where leases live. `DiskStore` is host-local's on-disk layout under
+//! `<dataDir>/<network>/` — one file per leased address holding
+//! `containerID\r\nifname`, `last_reserved_ip.<n>`, and a `lock` file held
+//! with flock for the store's whole lifetime — so operators' habits and
+//! tools carry over. `MemStore` is the same contract in memory, for tests.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Write};
+use std::net::IpAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use nix::fcntl::{Flock, FlockArg};
+
+/// Who holds an address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    pub ip: IpAddr,
+    pub container_id: String,
+    pub ifname: String,
+}
+
+impl Lease {
+    pub fn is_for(&self, container_id: &str, ifname: &str) -> bool {
+        self.container_id == container_id && self.ifname == ifname
+    }
+}
+
+pub trait LeaseStore {
+    /// Records the lease; Ok(false) when the address is already taken.
+    fn reserve(&mut self, lease: &Lease, rangeset: usize) -> Result<bool>;
+    fn release(&mut self, ip: IpAddr) -> Result<()>;
+    fn last_reserved(&self, rangeset: usize) -> Result<Option<IpAddr>>;
+    fn is_taken(&self, ip: IpAddr) -> Result<bool>;
+    /// Every readable lease; unreadable files are reported on stderr and
+    /// skipped so that one damaged file never blocks the other pods.
+    fn leases(&self) -> Result<Vec<Lease>>;
+
+    fn leases_of(&self, container_id: &str, ifname: &str) -> Result<Vec<Lease>> {
+        Ok(self.leases()?.into_iter().filter(|l| l.is_for(container_id, ifname)).collect())
+    }
+}
+
+const LINE_BREAK: &str = "\r\n";
+const LAST_RESERVED: &str = "last_reserved_ip.";
+
+pub struct DiskStore {
+    dir: PathBuf,
+    _lock: Flock<File>,
+}
+
+impl DiskStore {
+    /// Opens (creating it if needed) `<data_dir>/<network>` and takes its
+    /// lock, blocking until other invocations release it.
+    pub fn open(data_dir: &Path, network: &str) -> Result<Self> {
+        let dir = data_dir.join(network);
+        fs::create_dir_all(&dir).with_context(|| format!("create lease directory {}", dir.display()))?;
+        let lock_path = dir.join("lock");
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&lock_path)
+            .with_context(|| format!("open {}", lock_path.display()))?;
+        let lock = Flock::lock(file, FlockArg::LockExclusive)
+            .map_err(|(_, e)| e)
+            .with_context(|| format!("flock {}", lock_path.display()))?;
+        Ok(DiskStore { dir, _lock: lock })
+    }
+
+    fn lease_path(&self, ip: IpAddr) -> PathBuf {
+        self.dir.join(ip.to_string())
+    }
+
+    fn sync_dir(&self) -> Result<()> {
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("fsync {}", self.dir.display()))
+    }
+}
+
+impl LeaseStore for DiskStore {
+    fn reserve(&mut self, lease: &Lease, rangeset: usize) -> Result<bool> {
+        let path = self.lease_path(lease.ip);
+        let mut file = match OpenOptions::new().write(true).create_new(true).mode(0o644).open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(false),
+            Err(e) => return Err(e).with_context(|| format!("create lease {}", path.display())),
+        };
+        let content = format!("{}{LINE_BREAK}{}", lease.container_id, lease.ifname);
+        if let Err(e) = file.write_all(content.as_bytes()).and_then(|()| file.sync_all()) {
+            let _ = fs::remove_file(&path);
+            return Err(e).with_context(|| format!("write lease {}", path.display()));
+        }
+        let last = self.dir.join(format!("{LAST_RESERVED}{rangeset}"));
+        let tmp = self.dir.join(format!(".{LAST_RESERVED}{rangeset}.tmp"));
+        fs::write(&tmp, lease.ip.to_string())
+            .and_then(|()| fs::rename(&tmp, &last))
+            .with_context(|| format!("write {}", last.display()))?;
+        self.sync_dir()?;
+        Ok(true)
+    }
+
+    fn release(&mut self, ip: IpAddr) -> Result<()> {
+        let path = self.lease_path(ip);
+        match fs::remove_file(&path) {
+            Ok(()) => self.sync_dir(),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("remove lease {}", path.display())),
+        }
+    }
+
+    fn last_reserved(&self, rangeset: usize) -> Result<Option<IpAddr>> {
+        let path = self.dir.join(format!("{LAST_RESERVED}{rangeset}"));
+        match fs::read_to_string(&path) {
+            Ok(s) => Ok(s.trim().parse().ok()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("read {}", path.display())),
+        }
+    }
+
+    fn is_taken(&self, ip: IpAddr) -> Result<bool> {
+        Ok(self.lease_path(ip).exists())
+    }
+
+    fn leases(&self) -> Result<Vec<Lease>> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&self.dir).with_context(|| format!("list {}", self.dir.display()))? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(ip) = name.to_str().and_then(|n| n.parse::<IpAddr>().ok()) else {
+                continue; // lock, last_reserved_ip.*, temporaries
+            };
+            match fs::read_to_string(entry.path()) {
+                Ok(content) => match parse_lease(ip, &content) {
+                    Some(lease) => out.push(lease),
+                    None => eprintln!(
+                        "ebpfcni: skipping unreadable lease file {} ({:?})",
+                        entry.path().display(),
+                        content.chars().take(80).collect::<String>()
+                    ),
+                },
+                Err(e) => eprintln!("ebpfcni: skipping lease file {}: {e}", entry.path().display()),
+            }
+        }
+        out.sort_by_key(|l| super::cidr::to_u128(l.ip));
+        Ok(out)
+    }
+}
+
+/// `containerID\r\nifname`; older host-local files hold only the ID.
+fn parse_lease(ip: IpAddr, content: &str) -> Option<Lease> {
+    let mut lines = content.lines().map(str::trim);
+    let container_id = lines.next().filter(|s| !s.is_empty())?.to_string();
+    let ifname = lines.next().unwrap_or("").to_string();
+    Some(Lease { ip, container_id, ifname })
+}
+
+/// The lease store in memory, for unit tests of allocation logic.
+#[derive(Default)]
+pub struct MemStore {
+    leases: BTreeMap<IpAddr, Lease>,
+    last: BTreeMap<usize, IpAddr>,
+}
+
+impl LeaseStore for MemStore {
+    fn reserve(&mut self, lease: &Lease, rangeset: usize) -> Result<bool> {
+        if self.is_taken(lease.ip)? {
+            return Ok(false);
+        }
+        self.leases.insert(lease.ip, lease.clone());
+        self.last.insert(rangeset, lease.ip);
+        Ok(true)
+    }
+    fn release(&mut self, ip: IpAddr) -> Result<()> {
+        self.leases.remove(&ip);
+        Ok(())
+    }
+    fn last_reserved(&self, rangeset: usize) -> Result<Option<IpAddr>> {
+        Ok(self.last.get(&rangeset).copied())
+    }
+    fn is_taken(&self, ip: IpAddr) -> Result<bool> {
+        Ok(self.leases.contains_key(&ip))
+    }
+    fn leases(&self) -> Result<Vec<Lease>> {
+        Ok(self.leases.values().cloned().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(ip: &str, id: &str) -> Lease {
+        Lease { ip: ip.parse().unwrap(), container_id: id.into(), ifname: "eth0".into() }
+    }
+
+    fn tempdir(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("ebpfcni-store-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn disk_layout_matches_host_local() {
+        let root = tempdir("layout");
+        {
+            let mut store = DiskStore::open(&root, "net1").unwrap();
+            assert!(store.reserve(&lease("10.0.0.2", "abc"), 0).unwrap());
+            assert!(!store.reserve(&lease("10.0.0.2", "other"), 0).unwrap());
+        }
+        let dir = root.join("net1");
+        assert_eq!(fs::read_to_string(dir.join("10.0.0.2")).unwrap(), "abc\r\neth0");
+        assert_eq!(fs::read_to_string(dir.join("last_reserved_ip.0")).unwrap(), "10.0.0.2");
+        assert!(dir.join("lock").exists());
+        let store = DiskStore::open(&root, "net1").unwrap();
+        assert_eq!(store.leases_of("abc", "eth0").unwrap(), vec![lease("10.0.0.2", "abc")]);
+        assert_eq!(store.last_reserved(0).unwrap(), Some("10.0.0.2".parse().unwrap()));
+        drop(store);
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn damaged_and_old_lease_files_do_not_block_others() {
+        let root = tempdir("damaged");
+        let mut store = DiskStore::open(&root, "n").unwrap();
+        store.reserve(&lease("10.0.0.3", "good"), 0).unwrap();
+        fs::write(root.join("n/10.0.0.4"), "").unwrap();
+        fs::write(root.join("n/10.0.0.5"), "onlyid").unwrap();
+        let leases = store.leases().unwrap();
+        assert_eq!(leases.len(), 2);
+        assert_eq!(leases[1].container_id, "onlyid");
+        assert_eq!(leases[1].ifname, "");
+        store.release("10.0.0.3".parse().unwrap()).unwrap();
+        store.release("10.0.0.3".parse().unwrap()).unwrap(); // already gone is fine
+        assert!(!root.join("n/10.0.0.3").exists());
+        drop(store);
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn lock_excludes_a_second_opener() {
+        let root = tempdir("lock");
+        let store = DiskStore::open(&root, "n").unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let root2 = root.clone();
+        let t = std::thread::spawn(move || {
+            let _s = DiskStore::open(&root2, "n").unwrap();
+            tx.send(()).unwrap();
+        });
+        assert!(rx.recv_timeout(std::time::Duration::from_millis(200)).is_err());
+        drop(store);
+        rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
+        t.join().unwrap();
+        fs::remove_dir_all(&root).unwrap();
+    }
+}

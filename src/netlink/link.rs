@@ -1,0 +1,158 @@
+//! Links: look up, create bridges and veth pairs, set master/MTU/up, delete.
+
+use anyhow::{anyhow, Context, Result};
+use neli::{
+    consts::{
+        nl::NlmF,
+        rtnl::{Iff, Ifla, IflaInfo, RtAddrFamily, Rtm},
+    },
+    rtnl::{Ifinfomsg, IfinfomsgBuilder, Rtattr, RtattrBuilder},
+    types::{Buffer, RtBuffer},
+    Size, ToBytes,
+};
+
+use super::Netlink;
+
+/// `VETH_INFO_PEER` from linux/veth.h.
+const VETH_INFO_PEER: u16 = 1;
+
+/// What the plugin needs to know about a link.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub kind: Option<String>,
+    pub mac: Option<[u8; 6]>,
+    pub master: Option<u32>,
+    pub mtu: u32,
+    pub up: bool,
+}
+
+fn attr<T: neli::consts::rtnl::RtaType, P: Size + ToBytes>(ty: T, payload: P) -> Result<Rtattr<T, Buffer>> {
+    RtattrBuilder::default()
+        .rta_type(ty)
+        .rta_payload(payload)
+        .build()
+        .map_err(|e| anyhow!("build netlink attribute: {e}"))
+}
+
+fn ifinfo(index: i32, attrs: RtBuffer<Ifla, Buffer>) -> Result<Ifinfomsg> {
+    IfinfomsgBuilder::default()
+        .ifi_family(RtAddrFamily::Unspecified)
+        .ifi_index(index)
+        .rtattrs(attrs)
+        .build()
+        .map_err(|e| anyhow!("build ifinfomsg: {e}"))
+}
+
+fn parse_link(msg: &Ifinfomsg) -> Link {
+    let attrs = msg.rtattrs().get_attr_handle();
+    let name = attrs.get_attr_payload_as_with_len::<String>(Ifla::Ifname).unwrap_or_default();
+    let kind = attrs
+        .get_nested_attributes::<IflaInfo>(Ifla::Linkinfo)
+        .ok()
+        .and_then(|info| info.get_attr_payload_as_with_len::<String>(IflaInfo::Kind).ok());
+    let mac = attrs
+        .get_attribute(Ifla::Address)
+        .and_then(|a| <[u8; 6]>::try_from(a.rta_payload().as_ref()).ok());
+    let master = attrs.get_attr_payload_as::<u32>(Ifla::Master).ok();
+    let mtu = attrs.get_attr_payload_as::<u32>(Ifla::Mtu).unwrap_or(0);
+    Link {
+        index: *msg.ifi_index() as u32,
+        name,
+        kind,
+        mac,
+        master,
+        mtu,
+        up: msg.ifi_flags().contains(Iff::UP),
+    }
+}
+
+impl Netlink {
+    /// The link called `name`, or None.
+    pub fn link_by_name(&self, name: &str) -> Result<Option<Link>> {
+        let mut attrs = RtBuffer::new();
+        attrs.push(attr(Ifla::Ifname, name)?);
+        self.get_link(ifinfo(0, attrs)?).with_context(|| format!("look up link {name}"))
+    }
+
+    pub fn link_by_index(&self, index: u32) -> Result<Option<Link>> {
+        self.get_link(ifinfo(index as i32, RtBuffer::new())?)
+            .with_context(|| format!("look up link {index}"))
+    }
+
+    fn get_link(&self, msg: Ifinfomsg) -> Result<Option<Link>> {
+        match self.query(Rtm::Getlink, NlmF::empty(), msg) {
+            Ok(links) => Ok(links.first().map(parse_link)),
+            Err(e) if super::is_not_found(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn create_bridge(&self, name: &str, mtu: Option<u32>) -> Result<()> {
+        let mut info = RtBuffer::new();
+        info.push(attr(IflaInfo::Kind, "bridge")?);
+        let mut attrs = RtBuffer::new();
+        attrs.push(attr(Ifla::Ifname, name)?);
+        if let Some(mtu) = mtu {
+            attrs.push(attr(Ifla::Mtu, mtu)?);
+        }
+        attrs.push(attr(Ifla::Linkinfo, info)?);
+        self.request(Rtm::Newlink, NlmF::CREATE | NlmF::EXCL, ifinfo(0, attrs)?)
+            .with_context(|| format!("create bridge {name}"))
+    }
+
+    /// Creates a veth pair whose `peer` end is born inside the namespace
+    /// `peer_netns_fd` (so its name never clashes with host links).
+    pub fn create_veth(&self, host: &str, peer: &str, peer_netns_fd: i32, mtu: Option<u32>) -> Result<()> {
+        let mut peer_attrs = RtBuffer::new();
+        peer_attrs.push(attr(Ifla::Ifname, peer)?);
+        peer_attrs.push(attr(Ifla::NetNsFd, peer_netns_fd as u32)?);
+        if let Some(mtu) = mtu {
+            peer_attrs.push(attr(Ifla::Mtu, mtu)?);
+        }
+        let mut data = RtBuffer::<u16, Buffer>::new();
+        data.push(attr(VETH_INFO_PEER, ifinfo(0, peer_attrs)?)?);
+        let mut info = RtBuffer::new();
+        info.push(attr(IflaInfo::Kind, "veth")?);
+        info.push(attr(IflaInfo::Data, data)?);
+        let mut attrs = RtBuffer::new();
+        attrs.push(attr(Ifla::Ifname, host)?);
+        if let Some(mtu) = mtu {
+            attrs.push(attr(Ifla::Mtu, mtu)?);
+        }
+        attrs.push(attr(Ifla::Linkinfo, info)?);
+        self.request(Rtm::Newlink, NlmF::CREATE | NlmF::EXCL, ifinfo(0, attrs)?)
+            .with_context(|| format!("create veth pair {host} <-> {peer}"))
+    }
+
+    /// Enslaves the link to `master` (a bridge).
+    pub fn set_master(&self, index: u32, master: u32) -> Result<()> {
+        let mut attrs = RtBuffer::new();
+        attrs.push(attr(Ifla::Master, master)?);
+        self.request(Rtm::Setlink, NlmF::empty(), ifinfo(index as i32, attrs)?)
+            .with_context(|| format!("attach link {index} to bridge {master}"))
+    }
+
+    pub fn set_up(&self, index: u32) -> Result<()> {
+        let msg = IfinfomsgBuilder::default()
+            .ifi_family(RtAddrFamily::Unspecified)
+            .ifi_index(index as i32)
+            .up()
+            .build()
+            .map_err(|e| anyhow!("build ifinfomsg: {e}"))?;
+        self.request(Rtm::Setlink, NlmF::empty(), msg)
+            .with_context(|| format!("set link {index} up"))
+    }
+
+    /// Deletes the link; Ok(false) when it did not exist.
+    pub fn delete_link(&self, name: &str) -> Result<bool> {
+        let mut attrs = RtBuffer::new();
+        attrs.push(attr(Ifla::Ifname, name)?);
+        match self.request(Rtm::Dellink, NlmF::empty(), ifinfo(0, attrs)?) {
+            Ok(()) => Ok(true),
+            Err(e) if super::is_not_found(&e) => Ok(false),
+            Err(e) => Err(e.context(format!("delete link {name}"))),
+        }
+    }
+}

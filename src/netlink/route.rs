@@ -1,0 +1,59 @@
+//! Routes in the main table.
+
+use std::net::IpAddr;
+
+use anyhow::{anyhow, Context, Result};
+use neli::{
+    consts::{
+        nl::NlmF,
+        rtnl::{Rta, RtScope, RtTable, Rtm, Rtn, Rtprot},
+    },
+    rtnl::{RtmsgBuilder, RtattrBuilder},
+    types::{Buffer, RtBuffer},
+    Size, ToBytes,
+};
+
+use super::addr::{family, ip_bytes};
+use super::Netlink;
+use crate::ipam::Cidr;
+
+fn rta<P: Size + ToBytes>(ty: Rta, payload: P) -> Result<neli::rtnl::Rtattr<Rta, Buffer>> {
+    RtattrBuilder::default()
+        .rta_type(ty)
+        .rta_payload(payload)
+        .build()
+        .map_err(|e| anyhow!("build route attribute: {e}"))
+}
+
+impl Netlink {
+    /// Adds `dst` via `gateway` (or on-link when None) out of link `oif`.
+    /// A route already there is fine.
+    pub fn add_route(&self, dst: Cidr, gateway: Option<IpAddr>, oif: u32) -> Result<()> {
+        let mut attrs = RtBuffer::new();
+        if dst.prefix > 0 {
+            attrs.push(rta(Rta::Dst, ip_bytes(dst.network()))?);
+        }
+        if let Some(gw) = gateway {
+            attrs.push(rta(Rta::Gateway, ip_bytes(gw))?);
+        }
+        attrs.push(rta(Rta::Oif, oif)?);
+        let scope = if gateway.is_some() { RtScope::Universe } else { RtScope::Link };
+        let msg = RtmsgBuilder::default()
+            .rtm_family(family(dst.addr))
+            .rtm_dst_len(dst.prefix)
+            .rtm_src_len(0)
+            .rtm_tos(0)
+            .rtm_table(RtTable::Main)
+            .rtm_protocol(Rtprot::Boot)
+            .rtm_scope(scope)
+            .rtm_type(Rtn::Unicast)
+            .rtattrs(attrs)
+            .build()
+            .map_err(|e| anyhow!("build rtmsg: {e}"))?;
+        let via = gateway.map(|g| format!(" via {g}")).unwrap_or_default();
+        match self.request(Rtm::Newroute, NlmF::CREATE | NlmF::EXCL, msg) {
+            Err(e) if super::is_exists(&e) => Ok(()),
+            other => other.with_context(|| format!("add route {dst}{via} dev {oif}")),
+        }
+    }
+}
