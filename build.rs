@@ -24,7 +24,9 @@ fn main() {
     let mut sources: Vec<PathBuf> = fs::read_dir(&bpf_dir)
         .expect("read src/bpf")
         .map(|e| e.expect("dir entry").path())
-        .filter(|p| p.extension() == Some(OsStr::new("c")) || p.extension() == Some(OsStr::new("h")))
+        .filter(|p| {
+            p.extension() == Some(OsStr::new("c")) || p.extension() == Some(OsStr::new("h"))
+        })
         .collect();
     sources.sort();
 
@@ -38,7 +40,10 @@ fn main() {
             build_skeleton(src, stem, &vmlinux_dir, &out);
         }
     }
-    println!("cargo:rerun-if-changed={}", vmlinux_dir.join("vmlinux.h").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        vmlinux_dir.join("vmlinux.h").display()
+    );
     println!("cargo:rustc-env=EBPFCNI_BPF_ID={:016x}", fnv::fnv1a64(&all));
 }
 

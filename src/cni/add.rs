@@ -1,5 +1,6 @@
 //! ADD: address, wiring, datapath — each step undone if a later one fails.
 
+use std::cell::RefCell;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -7,21 +8,62 @@ use anyhow::{anyhow, bail, Context, Result};
 use super::config::NetConf;
 use super::env::CniEnv;
 use super::error::{CniError, INVALID_ENV};
+use super::host_veth_name;
 use super::result::{ip_config, mac_string, AddResult, Interface, RouteJson};
 use super::undo::Undo;
-use super::host_veth_name;
 use crate::datapath::{self, Attached, Datapath, EndpointEntry};
 use crate::ipam::{self, Allocation, Cidr, DiskStore};
 use crate::netlink::{Link, Netlink, Netns};
 
 pub fn add(conf: &NetConf, env: &CniEnv) -> Result<AddResult> {
     let netns_path = env.netns.as_deref().expect("ADD requires CNI_NETNS");
-    let ns = Netns::open(netns_path).map_err(|e| CniError::new(INVALID_ENV, format!("CNI_NETNS: {e:#}")))?;
+    let ns = Netns::open(netns_path)
+        .map_err(|e| CniError::new(INVALID_ENV, format!("CNI_NETNS: {e:#}")))?;
     let dp = Datapath::load(&conf.bpf_pin_path, &conf.name)?;
     let host = Netlink::connect()?;
     let host_if = host_veth_name(&env.container_id, &env.ifname);
+    std::thread::scope(|scope| add_in_scope(scope, conf, env, &ns, &dp, &host, &host_if))
+}
+
+/// The steps of ADD. Attaching with TCX waits for an RCU grace period in
+/// the kernel (most of an ADD's time), so it runs on a helper thread as
+/// soon as the veth exists, while addresses, bridge and pod are set up.
+/// The host end only comes up after the attach has finished: no packet
+/// ever flows unseen by the program.
+fn add_in_scope<'s, 'e>(
+    scope: &'s std::thread::Scope<'s, 'e>,
+    conf: &'e NetConf,
+    env: &'e CniEnv,
+    ns: &'e Netns,
+    dp: &'e Datapath,
+    host: &'e Netlink,
+    host_if: &'e str,
+) -> Result<AddResult> {
+    let attaching = RefCell::new(None);
     // Declared after what its steps borrow, so it is dropped first.
     let mut undo = Undo::default();
+
+    // Left by an ADD that crashed for this same container and interface.
+    if host.link_by_name(host_if)?.is_some() {
+        host.delete_link(host_if)?;
+    }
+    host.create_veth(host_if, &env.ifname, ns.raw_fd(), conf.mtu)?;
+    undo.push(format!("delete veth {host_if}"), || {
+        host.delete_link(host_if).map(drop)
+    });
+    let host_link = host
+        .link_by_name(host_if)?
+        .ok_or_else(|| anyhow!("veth {host_if} vanished"))?;
+
+    let ifindex = host_link.index;
+    *attaching.borrow_mut() =
+        Some(scope.spawn(move || dp.attach(host_if, ifindex, conf.attach_mode)));
+    undo.push(format!("detach from {host_if}"), || {
+        if let Some(pending) = attaching.borrow_mut().take() {
+            let _ = pending.join();
+        }
+        datapath::detach(&dp.dir, host_if)
+    });
 
     let allocs = {
         let mut store = DiskStore::open(&conf.data_dir, &conf.name)?;
@@ -32,41 +74,51 @@ pub fn add(conf: &NetConf, env: &CniEnv) -> Result<AddResult> {
         ipam::release(&mut store, &env.container_id, &env.ifname).map(drop)
     });
 
-    let bridge = ensure_bridge(&host, conf, &allocs)?;
+    let bridge = ensure_bridge(host, conf, &allocs)?;
+    host.set_master(host_link.index, bridge.index)?;
 
-    // Left by an ADD that crashed for this same container and interface.
-    if host.link_by_name(&host_if)?.is_some() {
-        host.delete_link(&host_if)?;
-    }
-    host.create_veth(&host_if, &env.ifname, ns.raw_fd(), conf.mtu)?;
-    undo.push(format!("delete veth {host_if}"), || host.delete_link(&host_if).map(drop));
-
-    let pod = Netlink::connect_in(&ns)?;
+    let netns_path = ns.path();
+    let pod = Netlink::connect_in(ns)?;
     let pod_link = pod
         .link_by_name(&env.ifname)?
         .ok_or_else(|| anyhow!("{} vanished from {}", env.ifname, netns_path.display()))?;
-    configure_pod(&pod, &pod_link, conf, &allocs).with_context(|| format!("configure {} in {}", env.ifname, netns_path.display()))?;
+    configure_pod(&pod, &pod_link, conf, &allocs)
+        .with_context(|| format!("configure {} in {}", env.ifname, netns_path.display()))?;
 
-    let host_link = host.link_by_name(&host_if)?.ok_or_else(|| anyhow!("veth {host_if} vanished"))?;
-    host.set_master(host_link.index, bridge.index)?;
-    // The program is in place before the first packet can flow.
-    let attached = dp.attach(&host_if, host_link.index, conf.attach_mode)?;
-    undo.push(format!("detach from {host_if}"), || datapath::detach(&dp.dir, &host_if));
+    let pending = attaching.borrow_mut().take().expect("attach started above");
+    let attached = pending
+        .join()
+        .map_err(|_| anyhow!("attach thread panicked"))??;
     let flags = match attached {
         Attached::Tcx => datapath::ENDPOINT_F_TCX,
         Attached::Tc => datapath::ENDPOINT_F_TC,
     };
-    let pod_mac = pod_link.mac.ok_or_else(|| anyhow!("{} has no MAC address", env.ifname))?;
-    let maps = &dp.maps;
+    let pod_mac = pod_link
+        .mac
+        .ok_or_else(|| anyhow!("{} has no MAC address", env.ifname))?;
     for a in &allocs {
         let ip = a.address.addr;
-        undo.push(format!("remove endpoint {ip}"), move || maps.remove_endpoint(ip));
-        dp.maps.put_endpoint(&EndpointEntry { ip, ifindex: host_link.index, mac: pod_mac, flags })?;
+        undo.push(format!("remove endpoint {ip}"), move || {
+            dp.maps.remove_endpoint(ip)
+        });
+        dp.maps.put_endpoint(&EndpointEntry {
+            ip,
+            ifindex: host_link.index,
+            mac: pod_mac,
+            flags,
+        })?;
     }
     host.set_up(host_link.index)?;
     undo.commit();
 
-    Ok(build_result(conf, &bridge, &host_link, &pod_link, netns_path.display().to_string(), &allocs))
+    Ok(build_result(
+        conf,
+        &bridge,
+        &host_link,
+        &pod_link,
+        netns_path.display().to_string(),
+        &allocs,
+    ))
 }
 
 /// The bridge with every range's gateway address, up. It is shared by all
@@ -91,7 +143,13 @@ fn ensure_bridge(host: &Netlink, conf: &NetConf, allocs: &[Allocation]) -> Resul
         );
     }
     for a in allocs {
-        host.add_address(bridge.index, Cidr { addr: a.gateway, prefix: a.address.prefix })?;
+        host.add_address(
+            bridge.index,
+            Cidr {
+                addr: a.gateway,
+                prefix: a.address.prefix,
+            },
+        )?;
     }
     if !bridge.up {
         host.set_up(bridge.index)?;
@@ -100,12 +158,22 @@ fn ensure_bridge(host: &Netlink, conf: &NetConf, allocs: &[Allocation]) -> Resul
 }
 
 fn default_route(like: IpAddr) -> Cidr {
-    let any = if like.is_ipv4() { IpAddr::V4(Ipv4Addr::UNSPECIFIED) } else { IpAddr::V6(Ipv6Addr::UNSPECIFIED) };
-    Cidr { addr: any, prefix: 0 }
+    let any = if like.is_ipv4() {
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+    } else {
+        IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+    };
+    Cidr {
+        addr: any,
+        prefix: 0,
+    }
 }
 
 fn gateway_for(allocs: &[Allocation], dst: &Cidr) -> Option<IpAddr> {
-    allocs.iter().find(|a| a.address.is_ipv4() == dst.is_ipv4()).map(|a| a.gateway)
+    allocs
+        .iter()
+        .find(|a| a.address.is_ipv4() == dst.is_ipv4())
+        .map(|a| a.gateway)
 }
 
 /// Inside the pod: addresses, link up, a default route per family via its
@@ -131,7 +199,14 @@ fn configure_pod(pod: &Netlink, link: &Link, conf: &NetConf, allocs: &[Allocatio
     Ok(())
 }
 
-fn build_result(conf: &NetConf, bridge: &Link, host: &Link, pod: &Link, sandbox: String, allocs: &[Allocation]) -> AddResult {
+fn build_result(
+    conf: &NetConf,
+    bridge: &Link,
+    host: &Link,
+    pod: &Link,
+    sandbox: String,
+    allocs: &[Allocation],
+) -> AddResult {
     let iface = |l: &Link, sandbox: String| Interface {
         name: l.name.clone(),
         mac: l.mac.map(mac_string).unwrap_or_default(),
@@ -140,19 +215,32 @@ fn build_result(conf: &NetConf, bridge: &Link, host: &Link, pod: &Link, sandbox:
     };
     let mut routes: Vec<RouteJson> = allocs
         .iter()
-        .map(|a| RouteJson { dst: default_route(a.gateway).to_string(), gw: Some(a.gateway) })
+        .map(|a| RouteJson {
+            dst: default_route(a.gateway).to_string(),
+            gw: Some(a.gateway),
+        })
         .collect();
     for r in &conf.routes {
         if r.dst.prefix == 0 && r.gw.is_none() {
             continue;
         }
         if let Some(gw) = r.gw.or_else(|| gateway_for(allocs, &r.dst)) {
-            routes.push(RouteJson { dst: r.dst.to_string(), gw: Some(gw) });
+            routes.push(RouteJson {
+                dst: r.dst.to_string(),
+                gw: Some(gw),
+            });
         }
     }
     AddResult {
-        interfaces: vec![iface(bridge, String::new()), iface(host, String::new()), iface(pod, sandbox)],
-        ips: allocs.iter().map(|a| ip_config(a.address, a.gateway, 2)).collect(),
+        interfaces: vec![
+            iface(bridge, String::new()),
+            iface(host, String::new()),
+            iface(pod, sandbox),
+        ],
+        ips: allocs
+            .iter()
+            .map(|a| ip_config(a.address, a.gateway, 2))
+            .collect(),
         routes,
     }
 }

@@ -112,11 +112,13 @@ fn invalid(msg: impl Into<String>) -> anyhow::Error {
 }
 
 fn ip(what: &str, s: &str) -> Result<IpAddr> {
-    s.parse().map_err(|_| invalid(format!("{what} {s:?} is not an IP address")))
+    s.parse()
+        .map_err(|_| invalid(format!("{what} {s:?} is not an IP address")))
 }
 
 fn cidr(what: &str, s: &str) -> Result<Cidr> {
-    s.parse::<Cidr>().map_err(|e| invalid(format!("{what} {s:?}: {e:#}")))
+    s.parse::<Cidr>()
+        .map_err(|e| invalid(format!("{what} {s:?}: {e:#}")))
 }
 
 /// The `cniVersion` of a config, for error JSON, even when the rest is bad.
@@ -127,28 +129,36 @@ pub fn peek_version(bytes: &[u8]) -> Option<String> {
 
 impl NetConf {
     pub fn parse(bytes: &[u8]) -> Result<Self> {
-        let value: Value = serde_json::from_slice(bytes)
-            .map_err(|e| CniError::new(DECODE_FAILURE, format!("network config is not valid JSON: {e}")))?;
+        let value: Value = serde_json::from_slice(bytes).map_err(|e| {
+            CniError::new(
+                DECODE_FAILURE,
+                format!("network config is not valid JSON: {e}"),
+            )
+        })?;
         // The version decides how the rest is read: check it first.
         match value.get("cniVersion") {
             Some(Value::String(v)) if version::is_supported(v) => {}
             Some(v) => {
                 return Err(CniError::new(
                     INCOMPATIBLE_VERSION,
-                    format!("cniVersion {v} is not supported (supported: {})", version::SUPPORTED.join(", ")),
+                    format!(
+                        "cniVersion {v} is not supported (supported: {})",
+                        version::SUPPORTED.join(", ")
+                    ),
                 ))
             }
             None => bail!(invalid("network config has no cniVersion")),
         }
-        let raw: RawConf = serde_json::from_value(value)
-            .map_err(|e| invalid(format!("network config: {e}")))?;
+        let raw: RawConf =
+            serde_json::from_value(value).map_err(|e| invalid(format!("network config: {e}")))?;
         Self::from_raw(raw)
     }
 
     fn from_raw(raw: RawConf) -> Result<Self> {
         validate_network_name(&raw.name)?;
         let bridge = raw.bridge.unwrap_or_else(|| DEFAULT_BRIDGE.to_string());
-        super::env::validate_ifname(&bridge).map_err(|_| invalid(format!("bridge {bridge:?} is not a valid interface name")))?;
+        super::env::validate_ifname(&bridge)
+            .map_err(|_| invalid(format!("bridge {bridge:?} is not a valid interface name")))?;
         if let Some(mtu) = raw.mtu {
             if !(68..=65535).contains(&mtu) {
                 bail!(invalid(format!("mtu {mtu} is outside 68-65535")));
@@ -156,7 +166,9 @@ impl NetConf {
         }
         let attach_mode = match raw.attach_mode.as_deref() {
             None => AttachMode::Auto,
-            Some(s) => s.parse().map_err(|e: anyhow::Error| invalid(e.to_string()))?,
+            Some(s) => s
+                .parse()
+                .map_err(|e: anyhow::Error| invalid(e.to_string()))?,
         };
 
         let ipam = raw.ipam.unwrap_or(RawIpam {
@@ -182,9 +194,15 @@ impl NetConf {
             let dst = cidr("route dst", &r.dst)?;
             let gw = r.gw.as_deref().map(|g| ip("route gw", g)).transpose()?;
             if gw.is_some_and(|g| g.is_ipv4() != dst.is_ipv4()) {
-                bail!(invalid(format!("route {} has a gateway of the other family", r.dst)));
+                bail!(invalid(format!(
+                    "route {} has a gateway of the other family",
+                    r.dst
+                )));
             }
-            routes.push(Route { dst: dst.as_network(), gw });
+            routes.push(Route {
+                dst: dst.as_network(),
+                gw,
+            });
         }
 
         Ok(NetConf {
@@ -193,7 +211,10 @@ impl NetConf {
             bridge,
             rangesets,
             routes,
-            data_dir: raw.data_dir.or(ipam.data_dir).unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
+            data_dir: raw
+                .data_dir
+                .or(ipam.data_dir)
+                .unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
             bpf_pin_path: raw.bpf_pin_path.unwrap_or_else(|| DEFAULT_PIN_PATH.into()),
             mtu: raw.mtu,
             attach_mode,
@@ -206,8 +227,13 @@ impl NetConf {
 
 /// Network names become directory names: the spec's character set only.
 fn validate_network_name(name: &str) -> Result<()> {
-    let ok = name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+    let ok = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
         && name.len() <= 255;
     if ok {
         Ok(())
@@ -216,16 +242,29 @@ fn validate_network_name(name: &str) -> Result<()> {
     }
 }
 
-fn collect_ranges(subnet: &Option<String>, gateway: &Option<String>, ipam: &RawIpam) -> Result<Vec<Vec<IpRange>>> {
+fn collect_ranges(
+    subnet: &Option<String>,
+    gateway: &Option<String>,
+    ipam: &RawIpam,
+) -> Result<Vec<Vec<IpRange>>> {
     let top = subnet.is_some() || gateway.is_some();
     let flat = ipam.subnet.is_some();
     let nested = ipam.ranges.is_some();
     if [top, flat, nested].iter().filter(|b| **b).count() > 1 {
-        bail!(invalid("give the subnet once: top-level subnet, ipam.subnet or ipam.ranges"));
+        bail!(invalid(
+            "give the subnet once: top-level subnet, ipam.subnet or ipam.ranges"
+        ));
     }
     let raw_sets: Vec<Vec<RawRange>> = if top {
-        let subnet = subnet.clone().ok_or_else(|| invalid("gateway is set but subnet is missing"))?;
-        vec![vec![RawRange { subnet, range_start: None, range_end: None, gateway: gateway.clone() }]]
+        let subnet = subnet
+            .clone()
+            .ok_or_else(|| invalid("gateway is set but subnet is missing"))?;
+        vec![vec![RawRange {
+            subnet,
+            range_start: None,
+            range_end: None,
+            gateway: gateway.clone(),
+        }]]
     } else if flat {
         vec![vec![RawRange {
             subnet: ipam.subnet.clone().unwrap_or_default(),
@@ -258,7 +297,8 @@ fn collect_ranges(subnet: &Option<String>, gateway: &Option<String>, ipam: &RawI
         let mut set = Vec::new();
         for r in raw_set {
             let subnet = cidr("subnet", &r.subnet)?;
-            let opt = |what: &str, v: &Option<String>| v.as_deref().map(|s| ip(what, s)).transpose();
+            let opt =
+                |what: &str, v: &Option<String>| v.as_deref().map(|s| ip(what, s)).transpose();
             let range = IpRange::new(
                 subnet,
                 opt("rangeStart", &r.range_start)?,
@@ -270,10 +310,14 @@ fn collect_ranges(subnet: &Option<String>, gateway: &Option<String>, ipam: &RawI
         }
         let family = set[0].subnet.is_ipv4();
         if set.iter().any(|r| r.subnet.is_ipv4() != family) {
-            bail!(invalid("a range set mixes IPv4 and IPv6; give each family its own set"));
+            bail!(invalid(
+                "a range set mixes IPv4 and IPv6; give each family its own set"
+            ));
         }
         if sets.iter().any(|s| s[0].subnet.is_ipv4() == family) {
-            bail!(invalid("two range sets of the same family; put the ranges in one set"));
+            bail!(invalid(
+                "two range sets of the same family; put the ranges in one set"
+            ));
         }
         sets.push(set);
     }
@@ -281,7 +325,10 @@ fn collect_ranges(subnet: &Option<String>, gateway: &Option<String>, ipam: &RawI
     for (i, a) in all.iter().enumerate() {
         for b in &all[i + 1..] {
             if a.overlaps(b) {
-                bail!(invalid(format!("ranges {}-{} and {}-{} overlap", a.start, a.end, b.start, b.end)));
+                bail!(invalid(format!(
+                    "ranges {}-{} and {}-{} overlap",
+                    a.start, a.end, b.start, b.end
+                )));
             }
         }
     }
@@ -332,18 +379,35 @@ mod tests {
     #[test]
     fn invalid_configs_get_the_right_code() {
         let base = |extra: &str| {
-            format!(r#"{{"cniVersion":"1.0.0","name":"n","type":"ebpfcni","subnet":"10.1.0.0/24"{extra}}}"#)
+            format!(
+                r#"{{"cniVersion":"1.0.0","name":"n","type":"ebpfcni","subnet":"10.1.0.0/24"{extra}}}"#
+            )
         };
         assert_eq!(code(&base(r#","gateway":"10.2.0.1""#)), INVALID_CONFIG);
         assert_eq!(code(&base(r#","subnnet":"10.1.0.0/24""#)), INVALID_CONFIG);
         assert_eq!(code(&base(r#","mtu":"big""#)), INVALID_CONFIG);
         assert_eq!(code(&base(r#","attachMode":"xdp""#)), INVALID_CONFIG);
-        assert_eq!(code(r#"{"cniVersion":"1.0.0","name":"n","type":"ebpfcni","subnet":"10.1.0.0/33"}"#), INVALID_CONFIG);
-        assert_eq!(code(r#"{"cniVersion":"1.0.0","name":"n","type":"ebpfcni","subnet":"banana"}"#), INVALID_CONFIG);
-        assert_eq!(code(r#"{"cniVersion":"1.0.0","name":"../x","type":"ebpfcni","subnet":"10.1.0.0/24"}"#), INVALID_CONFIG);
-        assert_eq!(code(r#"{"cniVersion":"9.9.9","name":"n","type":"ebpfcni","subnet":"10.1.0.0/24"}"#), INCOMPATIBLE_VERSION);
+        assert_eq!(
+            code(r#"{"cniVersion":"1.0.0","name":"n","type":"ebpfcni","subnet":"10.1.0.0/33"}"#),
+            INVALID_CONFIG
+        );
+        assert_eq!(
+            code(r#"{"cniVersion":"1.0.0","name":"n","type":"ebpfcni","subnet":"banana"}"#),
+            INVALID_CONFIG
+        );
+        assert_eq!(
+            code(r#"{"cniVersion":"1.0.0","name":"../x","type":"ebpfcni","subnet":"10.1.0.0/24"}"#),
+            INVALID_CONFIG
+        );
+        assert_eq!(
+            code(r#"{"cniVersion":"9.9.9","name":"n","type":"ebpfcni","subnet":"10.1.0.0/24"}"#),
+            INCOMPATIBLE_VERSION
+        );
         assert_eq!(code(r#"{"cniVersion":"1.0.0","#), DECODE_FAILURE);
-        assert_eq!(code(r#"{"cniVersion":"1.0.0","name":"n","type":"ebpfcni"}"#), INVALID_CONFIG);
+        assert_eq!(
+            code(r#"{"cniVersion":"1.0.0","name":"n","type":"ebpfcni"}"#),
+            INVALID_CONFIG
+        );
     }
 
     #[test]

@@ -37,19 +37,32 @@ impl CniEnv {
             "ADD" | "CHECK" => Some(PathBuf::from(required("CNI_NETNS")?)),
             _ => var("CNI_NETNS").map(PathBuf::from),
         };
-        Ok(CniEnv { command: command.to_string(), container_id, netns, ifname, args: var("CNI_ARGS").unwrap_or_default() })
+        Ok(CniEnv {
+            command: command.to_string(),
+            container_id,
+            netns,
+            ifname,
+            args: var("CNI_ARGS").unwrap_or_default(),
+        })
     }
 }
 
 /// The spec: alphanumerics plus `_`, `.`, `-`, starting with an alphanumeric.
 pub fn validate_container_id(id: &str) -> Result<()> {
     let ok = id.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && id.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
         && id.len() <= 1024;
     if ok {
         Ok(())
     } else {
-        Err(CniError::new(INVALID_ENV, format!("CNI_CONTAINERID {id:?} holds characters other than letters, digits, '_', '.', '-'")))
+        Err(CniError::new(
+            INVALID_ENV,
+            format!(
+                "CNI_CONTAINERID {id:?} holds characters other than letters, digits, '_', '.', '-'"
+            ),
+        ))
     }
 }
 
@@ -59,7 +72,9 @@ pub fn validate_ifname(name: &str) -> Result<()> {
         || name.len() > 15
         || name == "."
         || name == ".."
-        || name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control());
+        || name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control());
     if bad {
         Err(CniError::new(INVALID_ENV, format!("CNI_IFNAME {name:?} is not a valid interface name (1-15 characters, no '/', ':' or spaces)")))
     } else {
@@ -82,7 +97,15 @@ mod tests {
     #[test]
     fn ifnames_follow_kernel_rules() {
         assert!(validate_ifname("eth0").is_ok());
-        for bad in ["", ".", "..", "a/b", "eth0:1", "averyveryverylongname", "a b"] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "eth0:1",
+            "averyveryverylongname",
+            "a b",
+        ] {
             assert!(validate_ifname(bad).is_err(), "{bad:?}");
         }
     }

@@ -23,7 +23,11 @@ pub struct CniError {
 
 impl CniError {
     pub fn new(code: u32, msg: impl Into<String>) -> anyhow::Error {
-        CniError { code, msg: msg.into() }.into()
+        CniError {
+            code,
+            msg: msg.into(),
+        }
+        .into()
     }
 }
 
@@ -63,7 +67,11 @@ pub fn to_json(err: &anyhow::Error, cni_version: &str) -> ErrorJson {
     ErrorJson {
         cni_version: cni_version.to_string(),
         code,
-        details: if details == msg { String::new() } else { details },
+        details: if details == msg {
+            String::new()
+        } else {
+            details
+        },
         msg,
     }
 }

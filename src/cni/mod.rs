@@ -41,10 +41,14 @@ pub fn main(command: &str) -> i32 {
         .filter(|v| version::is_supported(v))
         .unwrap_or_else(|| version::LATEST.to_string());
     let outcome = match read {
-        Err(e) => Err(CniError::new(DECODE_FAILURE, format!("read network config from stdin: {e}"))),
-        Ok(_) if stdin.len() as u64 > MAX_STDIN => {
-            Err(CniError::new(DECODE_FAILURE, format!("network config is larger than {MAX_STDIN} bytes")))
-        }
+        Err(e) => Err(CniError::new(
+            DECODE_FAILURE,
+            format!("read network config from stdin: {e}"),
+        )),
+        Ok(_) if stdin.len() as u64 > MAX_STDIN => Err(CniError::new(
+            DECODE_FAILURE,
+            format!("network config is larger than {MAX_STDIN} bytes"),
+        )),
         Ok(_) => run(command, &stdin),
     };
     let mut out = std::io::stdout().lock();
@@ -56,7 +60,11 @@ pub fn main(command: &str) -> i32 {
         }
         Err(e) => {
             eprintln!("ebpfcni: {command}: {e:#}");
-            let _ = writeln!(out, "{}", serde_json::to_string(&error::to_json(&e, &version)).expect("error serializes"));
+            let _ = writeln!(
+                out,
+                "{}",
+                serde_json::to_string(&error::to_json(&e, &version)).expect("error serializes")
+            );
             1
         }
     }
@@ -80,7 +88,10 @@ fn run(command: &str, stdin: &[u8]) -> Result<Option<Value>> {
             log_outcome(&conf, &env, &outcome, started);
             outcome
         }
-        other => Err(CniError::new(INVALID_ENV, format!("CNI_COMMAND {other:?} is not supported"))),
+        other => Err(CniError::new(
+            INVALID_ENV,
+            format!("CNI_COMMAND {other:?} is not supported"),
+        )),
     }
 }
 
@@ -91,7 +102,12 @@ fn log_outcome(conf: &NetConf, env: &CniEnv, outcome: &Result<Option<Value>>, st
     let addresses = match outcome {
         Ok(Some(v)) => v["ips"]
             .as_array()
-            .map(|ips| ips.iter().filter_map(|i| i["address"].as_str()).collect::<Vec<_>>().join(","))
+            .map(|ips| {
+                ips.iter()
+                    .filter_map(|i| i["address"].as_str())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
             .unwrap_or_default(),
         _ => String::new(),
     };
@@ -119,13 +135,20 @@ fn append(path: &Path, line: &str) -> Result<()> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    OpenOptions::new().create(true).append(true).open(path)?.write_all(line.as_bytes())?;
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?
+        .write_all(line.as_bytes())?;
     Ok(())
 }
 
 /// RFC 3339 UTC time without pulling in a date crate.
 fn utc_timestamp(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = t
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let (days, rem) = (secs / 86_400, secs % 86_400);
     // Civil-from-days (Howard Hinnant's algorithm).
     let z = days as i64 + 719_468;
@@ -137,7 +160,12 @@ fn utc_timestamp(t: SystemTime) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 #[cfg(test)]
@@ -157,6 +185,9 @@ mod tests {
     #[test]
     fn timestamps_are_rfc3339_utc() {
         assert_eq!(utc_timestamp(UNIX_EPOCH), "1970-01-01T00:00:00Z");
-        assert_eq!(utc_timestamp(UNIX_EPOCH + Duration::from_secs(1_795_000_000)), "2026-11-18T11:06:40Z");
+        assert_eq!(
+            utc_timestamp(UNIX_EPOCH + Duration::from_secs(1_795_000_000)),
+            "2026-11-18T11:06:40Z"
+        );
     }
 }

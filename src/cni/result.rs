@@ -47,11 +47,18 @@ pub struct AddResult {
 }
 
 pub fn mac_string(mac: [u8; 6]) -> String {
-    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 pub fn ip_config(address: Cidr, gateway: IpAddr, interface: usize) -> IpConfig {
-    IpConfig { address: address.to_string(), gateway: Some(gateway), interface: Some(interface) }
+    IpConfig {
+        address: address.to_string(),
+        gateway: Some(gateway),
+        interface: Some(interface),
+    }
 }
 
 impl AddResult {
@@ -60,7 +67,11 @@ impl AddResult {
         let mut v = serde_json::to_value(self).expect("result serializes");
         if version::is_legacy(cni_version) {
             for ip in v["ips"].as_array_mut().into_iter().flatten() {
-                let family = if ip["address"].as_str().is_some_and(|a| a.contains(':')) { "6" } else { "4" };
+                let family = if ip["address"].as_str().is_some_and(|a| a.contains(':')) {
+                    "6"
+                } else {
+                    "4"
+                };
                 ip["version"] = json!(family);
             }
         }
@@ -76,12 +87,24 @@ mod tests {
 
     fn sample() -> AddResult {
         AddResult {
-            interfaces: vec![Interface { name: "eth0".into(), mac: "02:00:00:00:00:01".into(), mtu: None, sandbox: "/run/netns/p".into() }],
+            interfaces: vec![Interface {
+                name: "eth0".into(),
+                mac: "02:00:00:00:00:01".into(),
+                mtu: None,
+                sandbox: "/run/netns/p".into(),
+            }],
             ips: vec![
-                ip_config("10.0.0.2/24".parse().unwrap(), "10.0.0.1".parse().unwrap(), 0),
+                ip_config(
+                    "10.0.0.2/24".parse().unwrap(),
+                    "10.0.0.1".parse().unwrap(),
+                    0,
+                ),
                 ip_config("fd00::2/64".parse().unwrap(), "fd00::1".parse().unwrap(), 0),
             ],
-            routes: vec![RouteJson { dst: "0.0.0.0/0".into(), gw: Some("10.0.0.1".parse().unwrap()) }],
+            routes: vec![RouteJson {
+                dst: "0.0.0.0/0".into(),
+                gw: Some("10.0.0.1".parse().unwrap()),
+            }],
         }
     }
 

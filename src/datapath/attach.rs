@@ -70,7 +70,14 @@ fn tcx_link_create(prog: BorrowedFd<'_>, ifindex: i32) -> io::Result<OwnedFd> {
     let mut opts: libbpf_sys::bpf_link_create_opts = unsafe { std::mem::zeroed() };
     opts.sz = std::mem::size_of::<libbpf_sys::bpf_link_create_opts>() as _;
     // SAFETY: valid program fd and opts; the returned fd is ours.
-    let fd = unsafe { libbpf_sys::bpf_link_create(prog.as_raw_fd(), ifindex, libbpf_sys::BPF_TCX_INGRESS, &opts) };
+    let fd = unsafe {
+        libbpf_sys::bpf_link_create(
+            prog.as_raw_fd(),
+            ifindex,
+            libbpf_sys::BPF_TCX_INGRESS,
+            &opts,
+        )
+    };
     if fd < 0 {
         return Err(libbpf_err(fd));
     }
@@ -106,11 +113,13 @@ impl Datapath {
             // SAFETY: valid link fd and NUL-terminated path.
             let ret = unsafe { libbpf_sys::bpf_obj_pin(link.as_raw_fd(), c.as_ptr()) };
             if ret < 0 {
-                return Err(libbpf_err(ret)).with_context(|| format!("pin tcx link at {}", pin.display()));
+                return Err(libbpf_err(ret))
+                    .with_context(|| format!("pin tcx link at {}", pin.display()));
             }
             Ok(Attached::Tcx)
         } else {
-            attach_clsact(prog, ifindex, false).with_context(|| format!("attach tc (clsact) to {host_if} (ifindex {ifindex})"))?;
+            attach_clsact(prog, ifindex, false)
+                .with_context(|| format!("attach tc (clsact) to {host_if} (ifindex {ifindex})"))?;
             Ok(Attached::Tc)
         }
     }

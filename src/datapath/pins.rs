@@ -38,14 +38,19 @@ pub fn network_dir(pin_root: &Path, network: &str) -> PathBuf {
 }
 
 fn is_bpffs(path: &Path) -> bool {
-    statfs(path).map(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC).unwrap_or(false)
+    statfs(path)
+        .map(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+        .unwrap_or(false)
 }
 
 /// Makes sure `pin_root` lies on a bpf filesystem. When it sits under
 /// /sys/fs/bpf and nothing is mounted there (a node without systemd's
 /// mount, a fresh VM), mounts bpffs there, as Cilium's agent does.
 pub fn ensure_bpffs(pin_root: &Path) -> Result<()> {
-    let existing = pin_root.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"));
+    let existing = pin_root
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("/"));
     if is_bpffs(existing) {
         return Ok(());
     }
@@ -65,10 +70,18 @@ pub fn ensure_bpffs(pin_root: &Path) -> Result<()> {
         .write(true)
         .open("/run/ebpfcni-bpffs.lock")
         .context("open /run/ebpfcni-bpffs.lock")?;
-    let _lock = Flock::lock(lock, FlockArg::LockExclusive).map_err(|(_, e)| e).context("lock bpffs mount")?;
+    let _lock = Flock::lock(lock, FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .context("lock bpffs mount")?;
     if !is_bpffs(default) {
-        mount(Some("bpf"), default, Some("bpf"), MsFlags::empty(), None::<&str>)
-            .with_context(|| format!("mount bpffs on {DEFAULT_BPFFS}"))?;
+        mount(
+            Some("bpf"),
+            default,
+            Some("bpf"),
+            MsFlags::empty(),
+            None::<&str>,
+        )
+        .with_context(|| format!("mount bpffs on {DEFAULT_BPFFS}"))?;
     }
     Ok(())
 }
@@ -86,7 +99,8 @@ impl Datapath {
     pub fn load(pin_root: &Path, network: &str) -> Result<Self> {
         ensure_bpffs(pin_root)?;
         let dir = network_dir(pin_root, network);
-        fs::create_dir_all(dir.join(LINKS_DIR)).with_context(|| format!("create pin directory {}", dir.display()))?;
+        fs::create_dir_all(dir.join(LINKS_DIR))
+            .with_context(|| format!("create pin directory {}", dir.display()))?;
         let dir_file = File::open(&dir).with_context(|| format!("open {}", dir.display()))?;
         let _lock = Flock::lock(dir_file, FlockArg::LockExclusive)
             .map_err(|(_, e)| e)
@@ -126,16 +140,24 @@ fn load_and_pin(dir: &Path, prog_pin: &Path) -> Result<()> {
     })?;
     // bpffs refuses '.' in names: no dot-file temporaries here.
     let tmp = dir.join(format!("tmp_{PROG_PREFIX}{BPF_ID}_{}", std::process::id()));
-    skel.progs.from_pod.pin(&tmp).with_context(|| format!("pin program at {}", tmp.display()))?;
+    skel.progs
+        .from_pod
+        .pin(&tmp)
+        .with_context(|| format!("pin program at {}", tmp.display()))?;
     fs::rename(&tmp, prog_pin).with_context(|| format!("pin program at {}", prog_pin.display()))?;
 
     let prog = &skel.progs.from_pod;
     move_attachments(dir, prog.as_fd(), |link| link.update_prog(prog))?;
     for entry in fs::read_dir(dir)? {
         let path = entry?.path();
-        let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        let name = path
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
         if name.starts_with(PROG_PREFIX) && path != prog_pin {
-            fs::remove_file(&path).with_context(|| format!("unpin old program {}", path.display()))?;
+            fs::remove_file(&path)
+                .with_context(|| format!("unpin old program {}", path.display()))?;
         }
     }
     Ok(())
@@ -150,17 +172,24 @@ fn move_attachments(
 ) -> Result<()> {
     for entry in fs::read_dir(dir.join(LINKS_DIR))? {
         let path = entry?.path();
-        let mut link = Link::open(&path).with_context(|| format!("open link {}", path.display()))?;
+        let mut link =
+            Link::open(&path).with_context(|| format!("open link {}", path.display()))?;
         if let Err(e) = update(&mut link) {
             // A link whose veth is gone cannot be updated; DEL removes it.
-            eprintln!("ebpfcni: could not move {} to the new program: {e}", path.display());
+            eprintln!(
+                "ebpfcni: could not move {} to the new program: {e}",
+                path.display()
+            );
         }
     }
     let maps = Maps::open(dir)?;
     for ep in maps.endpoints()? {
         if ep.flags & super::ENDPOINT_F_TC != 0 {
             if let Err(e) = attach::replace_clsact(prog, ep.ifindex) {
-                eprintln!("ebpfcni: could not move ifindex {} to the new program: {e}", ep.ifindex);
+                eprintln!(
+                    "ebpfcni: could not move ifindex {} to the new program: {e}",
+                    ep.ifindex
+                );
             }
         }
     }

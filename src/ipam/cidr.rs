@@ -33,11 +33,15 @@ impl Cidr {
 
     /// The last address of the prefix (the IPv4 broadcast address).
     pub fn last(&self) -> IpAddr {
-        from_u128(self.addr, to_u128(self.addr) | (!self.mask() & family_max(self.addr)))
+        from_u128(
+            self.addr,
+            to_u128(self.addr) | (!self.mask() & family_max(self.addr)),
+        )
     }
 
     pub fn contains(&self, ip: IpAddr) -> bool {
-        ip.is_ipv4() == self.addr.is_ipv4() && (to_u128(ip) & self.mask()) == to_u128(self.network())
+        ip.is_ipv4() == self.addr.is_ipv4()
+            && (to_u128(ip) & self.mask()) == to_u128(self.network())
     }
 
     /// Whether two prefixes share any address.
@@ -47,7 +51,10 @@ impl Cidr {
 
     /// This prefix with its host bits cleared.
     pub fn as_network(&self) -> Cidr {
-        Cidr { addr: self.network(), prefix: self.prefix }
+        Cidr {
+            addr: self.network(),
+            prefix: self.prefix,
+        }
     }
 
     fn mask(&self) -> u128 {
@@ -69,7 +76,9 @@ impl FromStr for Cidr {
         let (addr, prefix) = s
             .split_once('/')
             .with_context(|| format!("{s:?} is not in address/prefix form"))?;
-        let addr: IpAddr = addr.parse().with_context(|| format!("{addr:?} is not an IP address"))?;
+        let addr: IpAddr = addr
+            .parse()
+            .with_context(|| format!("{addr:?} is not an IP address"))?;
         let prefix: u8 = prefix
             .parse()
             .with_context(|| format!("{prefix:?} is not a prefix length"))?;

@@ -49,8 +49,9 @@ pub fn allocate(
     let mut out = Vec::new();
     let mut taken_now: Vec<IpAddr> = Vec::new();
     for (set_index, set) in rangesets.iter().enumerate() {
-        if let Some((range, lease)) =
-            held.iter().find_map(|l| set.iter().find(|r| r.contains(l.ip)).map(|r| (r, l)))
+        if let Some((range, lease)) = held
+            .iter()
+            .find_map(|l| set.iter().find(|r| r.contains(l.ip)).map(|r| (r, l)))
         {
             out.push(allocation(range, lease.ip));
             continue;
@@ -58,7 +59,11 @@ pub fn allocate(
         let last = store.last_reserved(set_index)?;
         let mut got = None;
         for (ri, ip) in range::candidates(set, last) {
-            let lease = Lease { ip, container_id: container_id.into(), ifname: ifname.into() };
+            let lease = Lease {
+                ip,
+                container_id: container_id.into(),
+                ifname: ifname.into(),
+            };
             if store.reserve(&lease, set_index)? {
                 got = Some(allocation(&set[ri], ip));
                 break;
@@ -74,8 +79,14 @@ pub fn allocate(
                 for ip in taken_now {
                     store.release(ip)?;
                 }
-                let ranges = set.iter().map(|r| format!("{}-{}", r.start, r.end)).collect::<Vec<_>>();
-                return Err(Exhausted { ranges: ranges.join(", ") }.into());
+                let ranges = set
+                    .iter()
+                    .map(|r| format!("{}-{}", r.start, r.end))
+                    .collect::<Vec<_>>();
+                return Err(Exhausted {
+                    ranges: ranges.join(", "),
+                }
+                .into());
             }
         }
     }
@@ -83,7 +94,11 @@ pub fn allocate(
 }
 
 /// Releases every address held by the container's interface; returns them.
-pub fn release(store: &mut dyn LeaseStore, container_id: &str, ifname: &str) -> Result<Vec<IpAddr>> {
+pub fn release(
+    store: &mut dyn LeaseStore,
+    container_id: &str,
+    ifname: &str,
+) -> Result<Vec<IpAddr>> {
     let mut released = Vec::new();
     for lease in store.leases_of(container_id, ifname)? {
         store.release(lease.ip)?;
@@ -93,7 +108,13 @@ pub fn release(store: &mut dyn LeaseStore, container_id: &str, ifname: &str) -> 
 }
 
 fn allocation(range: &IpRange, ip: IpAddr) -> Allocation {
-    Allocation { address: Cidr { addr: ip, prefix: range.subnet.prefix }, gateway: range.gateway }
+    Allocation {
+        address: Cidr {
+            addr: ip,
+            prefix: range.subnet.prefix,
+        },
+        gateway: range.gateway,
+    }
 }
 
 #[cfg(test)]
@@ -114,7 +135,10 @@ mod tests {
         assert_eq!(a[0].address.to_string(), "10.0.0.2/29");
         assert_eq!(a[0].gateway.to_string(), "10.0.0.1");
         assert_eq!(b[0].address.to_string(), "10.0.0.3/29");
-        assert_eq!(release(&mut store, "a", "eth0").unwrap(), vec![a[0].address.addr]);
+        assert_eq!(
+            release(&mut store, "a", "eth0").unwrap(),
+            vec![a[0].address.addr]
+        );
         // Round robin: the freed .2 is not reused before the rest of the range.
         let c = allocate(&mut store, &sets, "c", "eth0").unwrap();
         assert_eq!(c[0].address.to_string(), "10.0.0.4/29");
@@ -142,7 +166,9 @@ mod tests {
         assert!(err.downcast_ref::<Exhausted>().is_some(), "{err:#}");
         // Dual stack: a full v6 set releases the v4 address taken first.
         let mut store = MemStore::default();
-        let sets = [set("10.1.0.0/24"), set("fd00::/126")];
+        let one = "fd00::2".parse().ok();
+        let v6 = vec![IpRange::new("fd00::/64".parse().unwrap(), one, one, None).unwrap()];
+        let sets = [set("10.1.0.0/24"), v6];
         allocate(&mut store, &sets, "a", "eth0").unwrap();
         assert!(allocate(&mut store, &sets, "b", "eth0").is_err());
         assert_eq!(store.leases().unwrap().len(), 2);

@@ -39,7 +39,11 @@ pub trait LeaseStore {
     fn leases(&self) -> Result<Vec<Lease>>;
 
     fn leases_of(&self, container_id: &str, ifname: &str) -> Result<Vec<Lease>> {
-        Ok(self.leases()?.into_iter().filter(|l| l.is_for(container_id, ifname)).collect())
+        Ok(self
+            .leases()?
+            .into_iter()
+            .filter(|l| l.is_for(container_id, ifname))
+            .collect())
     }
 }
 
@@ -56,7 +60,8 @@ impl DiskStore {
     /// lock, blocking until other invocations release it.
     pub fn open(data_dir: &Path, network: &str) -> Result<Self> {
         let dir = data_dir.join(network);
-        fs::create_dir_all(&dir).with_context(|| format!("create lease directory {}", dir.display()))?;
+        fs::create_dir_all(&dir)
+            .with_context(|| format!("create lease directory {}", dir.display()))?;
         let lock_path = dir.join("lock");
         let file = OpenOptions::new()
             .create(true)
@@ -85,13 +90,21 @@ impl DiskStore {
 impl LeaseStore for DiskStore {
     fn reserve(&mut self, lease: &Lease, rangeset: usize) -> Result<bool> {
         let path = self.lease_path(lease.ip);
-        let mut file = match OpenOptions::new().write(true).create_new(true).mode(0o644).open(&path) {
+        let mut file = match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&path)
+        {
             Ok(f) => f,
             Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(false),
             Err(e) => return Err(e).with_context(|| format!("create lease {}", path.display())),
         };
         let content = format!("{}{LINE_BREAK}{}", lease.container_id, lease.ifname);
-        if let Err(e) = file.write_all(content.as_bytes()).and_then(|()| file.sync_all()) {
+        if let Err(e) = file
+            .write_all(content.as_bytes())
+            .and_then(|()| file.sync_all())
+        {
             let _ = fs::remove_file(&path);
             return Err(e).with_context(|| format!("write lease {}", path.display()));
         }
@@ -128,7 +141,9 @@ impl LeaseStore for DiskStore {
 
     fn leases(&self) -> Result<Vec<Lease>> {
         let mut out = Vec::new();
-        for entry in fs::read_dir(&self.dir).with_context(|| format!("list {}", self.dir.display()))? {
+        for entry in
+            fs::read_dir(&self.dir).with_context(|| format!("list {}", self.dir.display()))?
+        {
             let entry = entry?;
             let name = entry.file_name();
             let Some(ip) = name.to_str().and_then(|n| n.parse::<IpAddr>().ok()) else {
@@ -143,7 +158,10 @@ impl LeaseStore for DiskStore {
                         content.chars().take(80).collect::<String>()
                     ),
                 },
-                Err(e) => eprintln!("ebpfcni: skipping lease file {}: {e}", entry.path().display()),
+                Err(e) => eprintln!(
+                    "ebpfcni: skipping lease file {}: {e}",
+                    entry.path().display()
+                ),
             }
         }
         out.sort_by_key(|l| super::cidr::to_u128(l.ip));
@@ -156,7 +174,11 @@ fn parse_lease(ip: IpAddr, content: &str) -> Option<Lease> {
     let mut lines = content.lines().map(str::trim);
     let container_id = lines.next().filter(|s| !s.is_empty())?.to_string();
     let ifname = lines.next().unwrap_or("").to_string();
-    Some(Lease { ip, container_id, ifname })
+    Some(Lease {
+        ip,
+        container_id,
+        ifname,
+    })
 }
 
 /// The lease store in memory, for unit tests of allocation logic.
@@ -195,7 +217,11 @@ mod tests {
     use super::*;
 
     fn lease(ip: &str, id: &str) -> Lease {
-        Lease { ip: ip.parse().unwrap(), container_id: id.into(), ifname: "eth0".into() }
+        Lease {
+            ip: ip.parse().unwrap(),
+            container_id: id.into(),
+            ifname: "eth0".into(),
+        }
     }
 
     fn tempdir(tag: &str) -> PathBuf {
@@ -213,12 +239,24 @@ mod tests {
             assert!(!store.reserve(&lease("10.0.0.2", "other"), 0).unwrap());
         }
         let dir = root.join("net1");
-        assert_eq!(fs::read_to_string(dir.join("10.0.0.2")).unwrap(), "abc\r\neth0");
-        assert_eq!(fs::read_to_string(dir.join("last_reserved_ip.0")).unwrap(), "10.0.0.2");
+        assert_eq!(
+            fs::read_to_string(dir.join("10.0.0.2")).unwrap(),
+            "abc\r\neth0"
+        );
+        assert_eq!(
+            fs::read_to_string(dir.join("last_reserved_ip.0")).unwrap(),
+            "10.0.0.2"
+        );
         assert!(dir.join("lock").exists());
         let store = DiskStore::open(&root, "net1").unwrap();
-        assert_eq!(store.leases_of("abc", "eth0").unwrap(), vec![lease("10.0.0.2", "abc")]);
-        assert_eq!(store.last_reserved(0).unwrap(), Some("10.0.0.2".parse().unwrap()));
+        assert_eq!(
+            store.leases_of("abc", "eth0").unwrap(),
+            vec![lease("10.0.0.2", "abc")]
+        );
+        assert_eq!(
+            store.last_reserved(0).unwrap(),
+            Some("10.0.0.2".parse().unwrap())
+        );
         drop(store);
         fs::remove_dir_all(&root).unwrap();
     }
@@ -251,7 +289,9 @@ mod tests {
             let _s = DiskStore::open(&root2, "n").unwrap();
             tx.send(()).unwrap();
         });
-        assert!(rx.recv_timeout(std::time::Duration::from_millis(200)).is_err());
+        assert!(rx
+            .recv_timeout(std::time::Duration::from_millis(200))
+            .is_err());
         drop(store);
         rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
         t.join().unwrap();

@@ -28,7 +28,10 @@ pub struct Link {
     pub up: bool,
 }
 
-fn attr<T: neli::consts::rtnl::RtaType, P: Size + ToBytes>(ty: T, payload: P) -> Result<Rtattr<T, Buffer>> {
+fn attr<T: neli::consts::rtnl::RtaType, P: Size + ToBytes>(
+    ty: T,
+    payload: P,
+) -> Result<Rtattr<T, Buffer>> {
     RtattrBuilder::default()
         .rta_type(ty)
         .rta_payload(payload)
@@ -47,11 +50,16 @@ fn ifinfo(index: i32, attrs: RtBuffer<Ifla, Buffer>) -> Result<Ifinfomsg> {
 
 fn parse_link(msg: &Ifinfomsg) -> Link {
     let attrs = msg.rtattrs().get_attr_handle();
-    let name = attrs.get_attr_payload_as_with_len::<String>(Ifla::Ifname).unwrap_or_default();
+    let name = attrs
+        .get_attr_payload_as_with_len::<String>(Ifla::Ifname)
+        .unwrap_or_default();
     let kind = attrs
         .get_nested_attributes::<IflaInfo>(Ifla::Linkinfo)
         .ok()
-        .and_then(|info| info.get_attr_payload_as_with_len::<String>(IflaInfo::Kind).ok());
+        .and_then(|info| {
+            info.get_attr_payload_as_with_len::<String>(IflaInfo::Kind)
+                .ok()
+        });
     let mac = attrs
         .get_attribute(Ifla::Address)
         .and_then(|a| <[u8; 6]>::try_from(a.rta_payload().as_ref()).ok());
@@ -73,7 +81,8 @@ impl Netlink {
     pub fn link_by_name(&self, name: &str) -> Result<Option<Link>> {
         let mut attrs = RtBuffer::new();
         attrs.push(attr(Ifla::Ifname, name)?);
-        self.get_link(ifinfo(0, attrs)?).with_context(|| format!("look up link {name}"))
+        self.get_link(ifinfo(0, attrs)?)
+            .with_context(|| format!("look up link {name}"))
     }
 
     pub fn link_by_index(&self, index: u32) -> Result<Option<Link>> {
@@ -104,7 +113,13 @@ impl Netlink {
 
     /// Creates a veth pair whose `peer` end is born inside the namespace
     /// `peer_netns_fd` (so its name never clashes with host links).
-    pub fn create_veth(&self, host: &str, peer: &str, peer_netns_fd: i32, mtu: Option<u32>) -> Result<()> {
+    pub fn create_veth(
+        &self,
+        host: &str,
+        peer: &str,
+        peer_netns_fd: i32,
+        mtu: Option<u32>,
+    ) -> Result<()> {
         let mut peer_attrs = RtBuffer::new();
         peer_attrs.push(attr(Ifla::Ifname, peer)?);
         peer_attrs.push(attr(Ifla::NetNsFd, peer_netns_fd as u32)?);

@@ -42,7 +42,10 @@ impl Netns {
         if fs.filesystem_type().0 as i64 != NSFS_MAGIC {
             bail!("{} is not a network namespace", path.display());
         }
-        Ok(Netns { file, path: path.to_path_buf() })
+        Ok(Netns {
+            file,
+            path: path.to_path_buf(),
+        })
     }
 
     pub fn path(&self) -> &Path {

@@ -6,9 +6,9 @@ use anyhow::{anyhow, Context, Result};
 use neli::{
     consts::{
         nl::NlmF,
-        rtnl::{Rta, RtScope, RtTable, Rtm, Rtn, Rtprot},
+        rtnl::{RtScope, RtTable, Rta, Rtm, Rtn, Rtprot},
     },
-    rtnl::{RtmsgBuilder, RtattrBuilder},
+    rtnl::{RtattrBuilder, RtmsgBuilder},
     types::{Buffer, RtBuffer},
     Size, ToBytes,
 };
@@ -37,7 +37,11 @@ impl Netlink {
             attrs.push(rta(Rta::Gateway, ip_bytes(gw))?);
         }
         attrs.push(rta(Rta::Oif, oif)?);
-        let scope = if gateway.is_some() { RtScope::Universe } else { RtScope::Link };
+        let scope = if gateway.is_some() {
+            RtScope::Universe
+        } else {
+            RtScope::Link
+        };
         let msg = RtmsgBuilder::default()
             .rtm_family(family(dst.addr))
             .rtm_dst_len(dst.prefix)

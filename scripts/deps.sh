@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs the Debian packages ebpfcni needs to build, test, demo and
+# benchmark. Idempotent: packages already present are not fetched again.
+#   build: clang (BPF target), llvm, make, pkg-config, libelf-dev, zlib1g-dev
+#   tests/demo: iproute2, iputils-ping, bpftool, containernetworking-plugins
+set -euo pipefail
+
+PACKAGES=(clang llvm make gcc pkg-config libelf-dev zlib1g-dev
+          iproute2 iputils-ping bpftool containernetworking-plugins)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    echo "deps: installing ${missing[*]}" >&2
+    SUDO=""
+    [[ $(id -u) -eq 0 ]] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+command -v cargo >/dev/null || { echo "deps: cargo not found: install Rust (rustup)" >&2; exit 1; }

@@ -1,0 +1,361 @@
+//! Test harness: a "pod" is a network namespace, the "runtime" is the test
+//! calling the plugin binary exactly as a runtime does (config on stdin,
+//! `CNI_*` environment). Every test owns its names (bridge, subnet,
+//! dataDir, bpfPinPath, netns) and a `TestNet` removes everything it made
+//! when dropped, even when the test fails.
+
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_ebpfcni");
+
+/// Privileged tests run for real as root. Elsewhere they skip loudly, but
+/// under CI=true a test that cannot run fails.
+pub fn privileged() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("privileged test cannot run: not root (CI=true forbids skipping)");
+    }
+    eprintln!("\n*** SKIPPED: privileged test needs root (netns, links, BPF) ***\n");
+    false
+}
+
+pub fn sh(cmd: &str) -> Output {
+    Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .output()
+        .expect("run sh")
+}
+
+pub fn link_exists(name: &str) -> bool {
+    Path::new("/sys/class/net").join(name).exists()
+}
+
+pub fn counter(ifname: &str, stat: &str) -> u64 {
+    std::fs::read_to_string(format!("/sys/class/net/{ifname}/statistics/{stat}"))
+        .unwrap_or_default()
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+pub struct Pod {
+    pub netns: String,
+    pub container_id: String,
+    pub ifname: String,
+    pub result: Value,
+}
+
+impl Pod {
+    pub fn netns_path(&self) -> String {
+        format!("/run/netns/{}", self.netns)
+    }
+
+    /// The pod's first address of the family (4 or 6).
+    pub fn ip(&self, family: u8) -> IpAddr {
+        self.result["ips"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|i| i["address"].as_str())
+            .map(|a| a.split('/').next().unwrap().parse::<IpAddr>().unwrap())
+            .find(|ip| (family == 4) == ip.is_ipv4())
+            .unwrap_or_else(|| panic!("pod has no IPv{family} address: {}", self.result))
+    }
+
+    pub fn host_veth(&self) -> String {
+        self.result["interfaces"][1]["name"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    pub fn ping(&self, ip: IpAddr, count: u32) -> bool {
+        self.ping_sized(ip, count, 56)
+    }
+
+    /// Pings with `size` bytes of payload; true when every reply came back.
+    pub fn ping_sized(&self, ip: IpAddr, count: u32, size: u32) -> bool {
+        let out = sh(&format!(
+            "ip netns exec {} ping -q -c {count} -i 0.05 -W 2 -s {size} {ip}",
+            self.netns
+        ));
+        out.status.success()
+    }
+
+    /// Runs `f` inside the pod's network namespace on a helper thread.
+    pub fn run_in<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let ns = File::open(self.netns_path()).expect("open netns");
+        std::thread::spawn(move || {
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            f()
+        })
+        .join()
+        .expect("thread in netns")
+    }
+}
+
+/// A TCP round trip: `server` listens, `client` connects and exchanges a
+/// message. Returns what the client read back.
+pub fn tcp_echo(server: &Pod, client: &Pod, port: u16) -> String {
+    let addr = SocketAddr::new(server.ip(if client.ip_is_v6_only() { 6 } else { 4 }), port);
+    let listener = server.run_in(move || TcpListener::bind(addr).expect("bind in server pod"));
+    let srv = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().expect("accept");
+        let mut buf = [0u8; 5];
+        s.read_exact(&mut buf).expect("server read");
+        s.write_all(b"pong!").expect("server write");
+    });
+    let reply = client.run_in(move || {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+            .expect("connect from client pod");
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"ping!").unwrap();
+        let mut buf = [0u8; 5];
+        s.read_exact(&mut buf).expect("client read");
+        String::from_utf8_lossy(&buf).into_owned()
+    });
+    srv.join().unwrap();
+    reply
+}
+
+impl Pod {
+    fn ip_is_v6_only(&self) -> bool {
+        !self.result["ips"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| !i["address"].as_str().unwrap().contains(':'))
+    }
+}
+
+/// One test's private network: unique bridge, subnet, dataDir, pin path.
+pub struct TestNet {
+    pub name: String,
+    pub bridge: String,
+    pub data_dir: PathBuf,
+    pub pin_path: PathBuf,
+    pub conf: Value,
+    pub pods: Vec<(String, String, String)>, // (netns, container id, ifname)
+    netns: Vec<String>,
+}
+
+impl TestNet {
+    /// `id` (1-200) makes names and the subnet 10.251.<id>.0/24 unique.
+    pub fn new(tag: &str, id: u8, extra: Value) -> Self {
+        let name = format!("ebt-{tag}");
+        let bridge = format!("ebtbr{id}");
+        let data_dir = std::env::temp_dir().join(format!("ebpfcni-test-{tag}"));
+        let pin_path = PathBuf::from(format!("/sys/fs/bpf/ebpfcni-test-{tag}"));
+        let _ = std::fs::remove_dir_all(&data_dir);
+        let mut conf = json!({
+            "cniVersion": "1.0.0",
+            "name": name,
+            "type": "ebpfcni",
+            "bridge": bridge,
+            "subnet": format!("10.251.{id}.0/24"),
+            "dataDir": data_dir,
+            "bpfPinPath": pin_path,
+        });
+        for (k, v) in extra.as_object().into_iter().flatten() {
+            if v.is_null() {
+                conf.as_object_mut().unwrap().remove(k);
+            } else {
+                conf[k] = v.clone();
+            }
+        }
+        TestNet {
+            name,
+            bridge,
+            data_dir,
+            pin_path,
+            conf,
+            pods: Vec::new(),
+            netns: Vec::new(),
+        }
+    }
+
+    pub fn new_netns(&mut self, name: &str) -> String {
+        let ns = format!("{}-{name}", self.name);
+        let _ = sh(&format!("ip netns del {ns} 2>/dev/null"));
+        let out = sh(&format!("ip netns add {ns}"));
+        assert!(
+            out.status.success(),
+            "ip netns add {ns}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.netns.push(ns.clone());
+        ns
+    }
+
+    /// Calls the plugin as a runtime would.
+    pub fn cni(
+        &self,
+        command: &str,
+        conf: &Value,
+        container_id: &str,
+        netns: Option<&str>,
+        ifname: &str,
+    ) -> Output {
+        self.cni_raw(
+            command,
+            conf.to_string().as_bytes(),
+            container_id,
+            netns,
+            ifname,
+        )
+    }
+
+    pub fn cni_raw(
+        &self,
+        command: &str,
+        stdin: &[u8],
+        container_id: &str,
+        netns: Option<&str>,
+        ifname: &str,
+    ) -> Output {
+        let mut cmd = Command::new(BIN);
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", container_id)
+            .env("CNI_IFNAME", ifname)
+            .env("CNI_PATH", "/usr/lib/cni")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(ns) = netns {
+            cmd.env("CNI_NETNS", ns);
+        }
+        let mut child = cmd.spawn().expect("spawn ebpfcni");
+        // The plugin may refuse early and close stdin: ignore EPIPE.
+        let _ = child.stdin.take().unwrap().write_all(stdin);
+        child.wait_with_output().unwrap()
+    }
+
+    /// ADD a pod in a fresh netns; panics with the plugin's output on failure.
+    pub fn add_pod(&mut self, name: &str) -> Pod {
+        let netns = self.new_netns(name);
+        let container_id = format!("{}-{name}-0123456789", self.name);
+        let out = self.cni(
+            "ADD",
+            &self.conf.clone(),
+            &container_id,
+            Some(&format!("/run/netns/{netns}")),
+            "eth0",
+        );
+        assert!(
+            out.status.success(),
+            "ADD {name} failed: stdout={} stderr={}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let result: Value = serde_json::from_slice(&out.stdout).expect("ADD result is JSON");
+        self.pods
+            .push((netns.clone(), container_id.clone(), "eth0".into()));
+        Pod {
+            netns,
+            container_id,
+            ifname: "eth0".into(),
+            result,
+        }
+    }
+
+    pub fn del_pod(&self, pod: &Pod) -> Output {
+        self.cni(
+            "DEL",
+            &self.conf,
+            &pod.container_id,
+            Some(&pod.netns_path()),
+            &pod.ifname,
+        )
+    }
+
+    /// `ebpfcni maps dump <map> --json` for this network.
+    pub fn dump(&self, map: &str) -> Vec<Value> {
+        let out = Command::new(BIN)
+            .args([
+                "maps",
+                "dump",
+                map,
+                "--json",
+                "--network",
+                &self.name,
+                "--pin-path",
+            ])
+            .arg(&self.pin_path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "maps dump {map}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    pub fn stats_of(&self, ip: IpAddr) -> Value {
+        self.dump("stats")
+            .into_iter()
+            .find(|s| s["ip"] == json!(ip))
+            .unwrap_or(json!({}))
+    }
+
+    pub fn lease_files(&self) -> Vec<String> {
+        let dir = self.data_dir.join(&self.name);
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.retain(|n| n.parse::<IpAddr>().is_ok());
+        v
+    }
+
+    pub fn link_pins(&self) -> Vec<String> {
+        std::fs::read_dir(self.pin_path.join(&self.name).join("links"))
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for TestNet {
+    fn drop(&mut self) {
+        for (netns, id, ifname) in &self.pods {
+            let _ = self.cni(
+                "DEL",
+                &self.conf,
+                id,
+                Some(&format!("/run/netns/{netns}")),
+                ifname,
+            );
+        }
+        for ns in &self.netns {
+            let _ = sh(&format!("ip netns del {ns} 2>/dev/null"));
+        }
+        let _ = sh(&format!("ip link del {} 2>/dev/null", self.bridge));
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+        let _ = std::fs::remove_dir_all(&self.pin_path);
+    }
+}
