@@ -24,9 +24,7 @@ fn main() {
     let mut sources: Vec<PathBuf> = fs::read_dir(&bpf_dir)
         .expect("read src/bpf")
         .map(|e| e.expect("dir entry").path())
-        .filter(|p| {
-            p.extension() == Some(OsStr::new("c")) || p.extension() == Some(OsStr::new("h"))
-        })
+        .filter(|p| p.extension() == Some(OsStr::new("c")) || p.extension() == Some(OsStr::new("h")))
         .collect();
     sources.sort();
 
@@ -40,10 +38,7 @@ fn main() {
             build_skeleton(src, stem, &vmlinux_dir, &out);
         }
     }
-    println!(
-        "cargo:rerun-if-changed={}",
-        vmlinux_dir.join("vmlinux.h").display()
-    );
+    println!("cargo:rerun-if-changed={}", vmlinux_dir.join("vmlinux.h").display());
     println!("cargo:rustc-env=EBPFCNI_BPF_ID={:016x}", fnv::fnv1a64(&all));
 }
 
@@ -51,12 +46,7 @@ fn build_skeleton(src: &Path, stem: &str, vmlinux_dir: &Path, out: &Path) {
     let skel = out.join(format!("{stem}.skel.rs"));
     SkeletonBuilder::new()
         .source(src)
-        .clang_args([
-            OsStr::new("-I"),
-            vmlinux_dir.as_os_str(),
-            OsStr::new("-Wall"),
-            OsStr::new("-Werror"),
-        ])
+        .clang_args([OsStr::new("-I"), vmlinux_dir.as_os_str(), OsStr::new("-Wall"), OsStr::new("-Werror")])
         .build_and_generate(&skel)
         .unwrap_or_else(|e| panic!("build BPF skeleton for {}: {e:#}", src.display()));
 }

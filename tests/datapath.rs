@@ -27,12 +27,7 @@ fn two_pods_talk(tag: &str, id: u8, attach_mode: Value, expect_attach: &str) {
 
     assert!(a.ping(ip_b, 1), "a cannot reach b");
     assert!(b.ping(ip_a, 3), "b -> a ping failed");
-    let gateway: std::net::IpAddr = net.conf["subnet"]
-        .as_str()
-        .unwrap()
-        .replace(".0/24", ".1")
-        .parse()
-        .unwrap();
+    let gateway: std::net::IpAddr = net.conf["subnet"].as_str().unwrap().replace(".0/24", ".1").parse().unwrap();
     assert!(a.ping(gateway, 2), "a cannot reach its gateway");
     assert_eq!(tcp_echo(&b, &a, 8080), "pong!");
 
@@ -46,31 +41,18 @@ fn two_pods_talk(tag: &str, id: u8, attach_mode: Value, expect_attach: &str) {
     let tx_bytes = || counter(&b.host_veth(), "tx_bytes");
     let a_before = net.stats_of(ip_a);
     let before = tx_bytes();
-    assert!(
-        a.ping_sized(ip_b, N as u32, SIZE),
-        "a -> b large pings failed"
-    );
+    assert!(a.ping_sized(ip_b, N as u32, SIZE), "a -> b large pings failed");
     let bridged_from_a = tx_bytes() - before;
     let a_after = net.stats_of(ip_a);
-    let redirected =
-        a_after["redirected"].as_u64().unwrap() - a_before["redirected"].as_u64().unwrap_or(0);
-    assert!(
-        redirected >= N,
-        "only {redirected} of a's {N} packets to b were redirected: {a_after}"
-    );
-    assert!(
-        a_after["passed"].as_u64().unwrap() >= 2,
-        "gateway pings must pass to the bridge: {a_after}"
-    );
+    let redirected = a_after["redirected"].as_u64().unwrap() - a_before["redirected"].as_u64().unwrap_or(0);
+    assert!(redirected >= N, "only {redirected} of a's {N} packets to b were redirected: {a_after}");
+    assert!(a_after["passed"].as_u64().unwrap() >= 2, "gateway pings must pass to the bridge: {a_after}");
     assert!(
         bridged_from_a < N * u64::from(SIZE) / 4,
         "{bridged_from_a} bytes reached b through its bridge port while a sent {N}x{SIZE}-byte pings"
     );
     let before = tx_bytes();
-    let out = sh(&format!(
-        "ping -q -c {N} -i 0.05 -W 2 -s {SIZE} -I {} {ip_b}",
-        net.bridge
-    ));
+    let out = sh(&format!("ping -q -c {N} -i 0.05 -W 2 -s {SIZE} -I {} {ip_b}", net.bridge));
     assert!(out.status.success(), "gateway -> b ping failed");
     let bridged_from_host = tx_bytes() - before;
     assert!(
@@ -103,16 +85,9 @@ fn seed_config_works_as_written() {
     let mut net = TestNet::new("seed", 14, json!({}));
     let conf = net.conf.as_object().unwrap();
     let keys: Vec<&String> = conf.keys().collect();
-    assert!(keys.iter().all(|k| [
-        "cniVersion",
-        "name",
-        "type",
-        "bridge",
-        "subnet",
-        "dataDir",
-        "bpfPinPath"
-    ]
-    .contains(&k.as_str())));
+    assert!(keys
+        .iter()
+        .all(|k| ["cniVersion", "name", "type", "bridge", "subnet", "dataDir", "bpfPinPath"].contains(&k.as_str())));
     net.conf["gateway"] = json!("10.251.14.1");
     let a = net.add_pod("a");
     assert_eq!(a.result["ips"][0]["gateway"], "10.251.14.1");
@@ -145,22 +120,14 @@ fn host_local_style_config_with_routes_and_mtu() {
     let b = net.add_pod("b");
     assert_eq!(a.result["ips"][0]["address"], "10.251.15.100/24");
     assert_eq!(b.result["ips"][0]["address"], "10.251.15.101/24");
-    let routes =
-        String::from_utf8_lossy(&sh(&format!("ip netns exec {} ip route", a.netns)).stdout)
-            .into_owned();
-    assert!(
-        routes.contains("192.168.77.0/24 via 10.251.15.1"),
-        "{routes}"
-    );
-    let link = String::from_utf8_lossy(
-        &sh(&format!("ip netns exec {} ip link show eth0", a.netns)).stdout,
-    )
-    .into_owned();
+    let routes = String::from_utf8_lossy(&sh(&format!("ip netns exec {} ip route", a.netns)).stdout).into_owned();
+    assert!(routes.contains("192.168.77.0/24 via 10.251.15.1"), "{routes}");
+    let link =
+        String::from_utf8_lossy(&sh(&format!("ip netns exec {} ip link show eth0", a.netns)).stdout).into_owned();
     assert!(link.contains("mtu 1400"), "{link}");
     assert!(a.ping(b.ip(4), 2));
     // Leases in host-local's layout.
-    let lease =
-        std::fs::read_to_string(net.data_dir.join(&net.name).join("10.251.15.100")).unwrap();
+    let lease = std::fs::read_to_string(net.data_dir.join(&net.name).join("10.251.15.100")).unwrap();
     assert_eq!(lease, format!("{}\r\neth0", a.container_id));
 }
 
@@ -185,10 +152,7 @@ fn program_is_loaded_once_and_replaced_safely() {
     let pinned = prog_pins();
     assert_eq!(pinned.len(), 1, "{pinned:?}");
     let prog_id = |pin: &str| -> String {
-        let out = sh(&format!(
-            "bpftool -j prog show pinned {}",
-            dir.join(pin).display()
-        ));
+        let out = sh(&format!("bpftool -j prog show pinned {}", dir.join(pin).display()));
         let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(json!({}));
         v["id"].to_string()
     };
@@ -204,23 +168,12 @@ fn program_is_loaded_once_and_replaced_safely() {
     // unpins the old one, with traffic flowing throughout.
     std::fs::rename(dir.join(&pinned[0]), dir.join("from_pod_00000000000000")).unwrap();
     let c = net.add_pod("c");
-    assert_eq!(
-        prog_pins(),
-        pinned,
-        "old program pin must be gone, new one in place"
-    );
+    assert_eq!(prog_pins(), pinned, "old program pin must be gone, new one in place");
     let new_id = prog_id(&pinned[0]);
     assert_ne!(new_id, first_id);
-    let link = sh(&format!(
-        "bpftool -j link show pinned {}",
-        dir.join("links").join(a.host_veth()).display()
-    ));
+    let link = sh(&format!("bpftool -j link show pinned {}", dir.join("links").join(a.host_veth()).display()));
     let link: Value = serde_json::from_slice(&link.stdout).unwrap();
-    assert_eq!(
-        link["prog_id"].to_string(),
-        new_id,
-        "pod a's link still runs the old program: {link}"
-    );
+    assert_eq!(link["prog_id"].to_string(), new_id, "pod a's link still runs the old program: {link}");
     let before = net.stats_of(a.ip(4))["redirected"].as_u64().unwrap_or(0);
     assert!(a.ping(b.ip(4), 3) && a.ping(c.ip(4), 3));
     assert!(net.stats_of(a.ip(4))["redirected"].as_u64().unwrap() >= before + 6);

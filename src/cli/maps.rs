@@ -49,10 +49,7 @@ fn pick_network(args: &DumpArgs) -> Result<String> {
     }
     let mut names: Vec<String> = std::fs::read_dir(&args.pin_path)
         .map_err(|e| {
-            anyhow::anyhow!(
-                "read {}: {e} (is ebpfcni installed and a pod running?)",
-                args.pin_path.display()
-            )
+            anyhow::anyhow!("read {}: {e} (is ebpfcni installed and a pod running?)", args.pin_path.display())
         })?
         .filter_map(|e| e.ok())
         .filter(|e| e.path().join("endpoints").exists())
@@ -62,10 +59,7 @@ fn pick_network(args: &DumpArgs) -> Result<String> {
     match names.len() {
         1 => Ok(names.remove(0)),
         0 => bail!("no network is pinned under {}", args.pin_path.display()),
-        _ => bail!(
-            "several networks are pinned ({}): choose one with --network",
-            names.join(", ")
-        ),
+        _ => bail!("several networks are pinned ({}): choose one with --network", names.join(", ")),
     }
 }
 
@@ -80,19 +74,14 @@ fn attach_name(flags: u16) -> &'static str {
 }
 
 fn ifname(index: u32) -> String {
-    nix::net::if_::if_indextoname(index)
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|_| "?".into())
+    nix::net::if_::if_indextoname(index).map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|_| "?".into())
 }
 
 fn dump(args: &DumpArgs) -> Result<()> {
     let network = pick_network(args)?;
     let dir = datapath::network_dir(&args.pin_path, &network);
     let Some(maps) = Maps::open_if_pinned(&dir)? else {
-        bail!(
-            "network {network} has no maps pinned under {}",
-            dir.display()
-        );
+        bail!("network {network} has no maps pinned under {}", dir.display());
     };
     match args.map {
         MapName::Endpoints => {
@@ -104,10 +93,7 @@ fn dump(args: &DumpArgs) -> Result<()> {
                     .collect();
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
-                println!(
-                    "{:<40} {:>7} {:<16} {:<17} {}",
-                    "IP", "IFINDEX", "HOST VETH", "POD MAC", "ATTACH"
-                );
+                println!("{:<40} {:>7} {:<16} {:<17} ATTACH", "IP", "IFINDEX", "HOST VETH", "POD MAC");
                 for e in &eps {
                     println!(
                         "{:<40} {:>7} {:<16} {:<17} {}",
@@ -129,15 +115,9 @@ fn dump(args: &DumpArgs) -> Result<()> {
                     .collect();
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
-                println!(
-                    "{:<40} {:>10} {:>12} {:>10} {:>10}",
-                    "SOURCE IP", "PACKETS", "BYTES", "REDIRECTED", "PASSED"
-                );
+                println!("{:<40} {:>10} {:>12} {:>10} {:>10}", "SOURCE IP", "PACKETS", "BYTES", "REDIRECTED", "PASSED");
                 for s in &st {
-                    println!(
-                        "{:<40} {:>10} {:>12} {:>10} {:>10}",
-                        s.ip, s.packets, s.bytes, s.redirected, s.passed
-                    );
+                    println!("{:<40} {:>10} {:>12} {:>10} {:>10}", s.ip, s.packets, s.bytes, s.redirected, s.passed);
                 }
             }
         }
@@ -146,15 +126,9 @@ fn dump(args: &DumpArgs) -> Result<()> {
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&rules)?);
             } else {
-                println!(
-                    "{:<40} {:<40} {:<6} {:>5} {}",
-                    "SOURCE", "DESTINATION", "PROTO", "PORT", "VERDICT"
-                );
+                println!("{:<40} {:<40} {:<6} {:>5} VERDICT", "SOURCE", "DESTINATION", "PROTO", "PORT");
                 for r in &rules {
-                    println!(
-                        "{:<40} {:<40} {:<6} {:>5} {}",
-                        r.src, r.dst, r.proto, r.port, r.verdict
-                    );
+                    println!("{:<40} {:<40} {:<6} {:>5} {}", r.src, r.dst, r.proto, r.port, r.verdict);
                 }
             }
         }

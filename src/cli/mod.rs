@@ -6,11 +6,7 @@ mod maps;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(
-    name = "ebpfcni",
-    version,
-    about = "eBPF CNI plugin: inspect the node's datapath"
-)]
+#[command(name = "ebpfcni", version, about = "eBPF CNI plugin: inspect the node's datapath")]
 struct Cli {
     #[command(subcommand)]
     command: Command,

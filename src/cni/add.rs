@@ -17,8 +17,7 @@ use crate::netlink::{Link, Netlink, Netns};
 
 pub fn add(conf: &NetConf, env: &CniEnv) -> Result<AddResult> {
     let netns_path = env.netns.as_deref().expect("ADD requires CNI_NETNS");
-    let ns = Netns::open(netns_path)
-        .map_err(|e| CniError::new(INVALID_ENV, format!("CNI_NETNS: {e:#}")))?;
+    let ns = Netns::open(netns_path).map_err(|e| CniError::error(INVALID_ENV, format!("CNI_NETNS: {e:#}")))?;
     let dp = Datapath::load(&conf.bpf_pin_path, &conf.name)?;
     let host = Netlink::connect()?;
     let host_if = host_veth_name(&env.container_id, &env.ifname);
@@ -43,21 +42,30 @@ fn add_in_scope<'s, 'e>(
     // Declared after what its steps borrow, so it is dropped first.
     let mut undo = Undo::default();
 
-    // Left by an ADD that crashed for this same container and interface.
-    if host.link_by_name(host_if)?.is_some() {
-        host.delete_link(host_if)?;
+    // A retried ADD finds its veth pair in place and converges on it; a
+    // host veth whose peer is not this pod's interface is a leftover of a
+    // crashed ADD and is replaced.
+    let pod = Netlink::connect_in(ns)?;
+    let mut host_link = host.link_by_name(host_if)?;
+    if let Some(h) = &host_link {
+        let pod_side = pod.link_by_name(&env.ifname)?;
+        if pod_side.is_none_or(|p| p.peer != Some(h.index)) {
+            host.delete_link(host_if)?;
+            host_link = None;
+        }
     }
-    host.create_veth(host_if, &env.ifname, ns.raw_fd(), conf.mtu)?;
-    undo.push(format!("delete veth {host_if}"), || {
-        host.delete_link(host_if).map(drop)
-    });
-    let host_link = host
-        .link_by_name(host_if)?
-        .ok_or_else(|| anyhow!("veth {host_if} vanished"))?;
+    let host_link = match host_link {
+        Some(link) => link,
+        None => {
+            let mac = env.requested_mac.or(conf.requested_mac);
+            host.create_veth(host_if, &env.ifname, ns.raw_fd(), conf.mtu, mac)?;
+            undo.push(format!("delete veth {host_if}"), || host.delete_link(host_if).map(drop));
+            host.link_by_name(host_if)?.ok_or_else(|| anyhow!("veth {host_if} vanished"))?
+        }
+    };
 
     let ifindex = host_link.index;
-    *attaching.borrow_mut() =
-        Some(scope.spawn(move || dp.attach(host_if, ifindex, conf.attach_mode)));
+    *attaching.borrow_mut() = Some(scope.spawn(move || dp.attach(host_if, ifindex, conf.attach_mode)));
     undo.push(format!("detach from {host_if}"), || {
         if let Some(pending) = attaching.borrow_mut().take() {
             let _ = pending.join();
@@ -67,7 +75,8 @@ fn add_in_scope<'s, 'e>(
 
     let allocs = {
         let mut store = DiskStore::open(&conf.data_dir, &conf.name)?;
-        ipam::allocate(&mut store, &conf.rangesets, &env.container_id, &env.ifname)?
+        let requested: Vec<IpAddr> = conf.requested_ips.iter().chain(&env.requested_ips).copied().collect();
+        ipam::allocate(&mut store, &conf.rangesets, &env.container_id, &env.ifname, &requested)?
     };
     undo.push("release addresses", || {
         let mut store = DiskStore::open(&conf.data_dir, &conf.name)?;
@@ -78,7 +87,6 @@ fn add_in_scope<'s, 'e>(
     host.set_master(host_link.index, bridge.index)?;
 
     let netns_path = ns.path();
-    let pod = Netlink::connect_in(ns)?;
     let pod_link = pod
         .link_by_name(&env.ifname)?
         .ok_or_else(|| anyhow!("{} vanished from {}", env.ifname, netns_path.display()))?;
@@ -86,39 +94,21 @@ fn add_in_scope<'s, 'e>(
         .with_context(|| format!("configure {} in {}", env.ifname, netns_path.display()))?;
 
     let pending = attaching.borrow_mut().take().expect("attach started above");
-    let attached = pending
-        .join()
-        .map_err(|_| anyhow!("attach thread panicked"))??;
+    let attached = pending.join().map_err(|_| anyhow!("attach thread panicked"))??;
     let flags = match attached {
         Attached::Tcx => datapath::ENDPOINT_F_TCX,
         Attached::Tc => datapath::ENDPOINT_F_TC,
     };
-    let pod_mac = pod_link
-        .mac
-        .ok_or_else(|| anyhow!("{} has no MAC address", env.ifname))?;
+    let pod_mac = pod_link.mac.ok_or_else(|| anyhow!("{} has no MAC address", env.ifname))?;
     for a in &allocs {
         let ip = a.address.addr;
-        undo.push(format!("remove endpoint {ip}"), move || {
-            dp.maps.remove_endpoint(ip)
-        });
-        dp.maps.put_endpoint(&EndpointEntry {
-            ip,
-            ifindex: host_link.index,
-            mac: pod_mac,
-            flags,
-        })?;
+        undo.push(format!("remove endpoint {ip}"), move || dp.maps.remove_endpoint(ip));
+        dp.maps.put_endpoint(&EndpointEntry { ip, ifindex: host_link.index, mac: pod_mac, flags })?;
     }
     host.set_up(host_link.index)?;
     undo.commit();
 
-    Ok(build_result(
-        conf,
-        &bridge,
-        &host_link,
-        &pod_link,
-        netns_path.display().to_string(),
-        &allocs,
-    ))
+    Ok(build_result(conf, &bridge, &host_link, &pod_link, netns_path.display().to_string(), &allocs))
 }
 
 /// The bridge with every range's gateway address, up. It is shared by all
@@ -132,9 +122,7 @@ fn ensure_bridge(host: &Netlink, conf: &NetConf, allocs: &[Allocation]) -> Resul
             other => other?,
         }
     }
-    let bridge = host
-        .link_by_name(&conf.bridge)?
-        .ok_or_else(|| anyhow!("bridge {} vanished", conf.bridge))?;
+    let bridge = host.link_by_name(&conf.bridge)?.ok_or_else(|| anyhow!("bridge {} vanished", conf.bridge))?;
     if bridge.kind.as_deref() != Some("bridge") {
         bail!(
             "link {} exists and is a {}, not a bridge: choose another \"bridge\" name",
@@ -143,13 +131,7 @@ fn ensure_bridge(host: &Netlink, conf: &NetConf, allocs: &[Allocation]) -> Resul
         );
     }
     for a in allocs {
-        host.add_address(
-            bridge.index,
-            Cidr {
-                addr: a.gateway,
-                prefix: a.address.prefix,
-            },
-        )?;
+        host.add_address(bridge.index, Cidr { addr: a.gateway, prefix: a.address.prefix })?;
     }
     if !bridge.up {
         host.set_up(bridge.index)?;
@@ -158,22 +140,12 @@ fn ensure_bridge(host: &Netlink, conf: &NetConf, allocs: &[Allocation]) -> Resul
 }
 
 fn default_route(like: IpAddr) -> Cidr {
-    let any = if like.is_ipv4() {
-        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
-    } else {
-        IpAddr::V6(Ipv6Addr::UNSPECIFIED)
-    };
-    Cidr {
-        addr: any,
-        prefix: 0,
-    }
+    let any = if like.is_ipv4() { IpAddr::V4(Ipv4Addr::UNSPECIFIED) } else { IpAddr::V6(Ipv6Addr::UNSPECIFIED) };
+    Cidr { addr: any, prefix: 0 }
 }
 
 fn gateway_for(allocs: &[Allocation], dst: &Cidr) -> Option<IpAddr> {
-    allocs
-        .iter()
-        .find(|a| a.address.is_ipv4() == dst.is_ipv4())
-        .map(|a| a.gateway)
+    allocs.iter().find(|a| a.address.is_ipv4() == dst.is_ipv4()).map(|a| a.gateway)
 }
 
 /// Inside the pod: addresses, link up, a default route per family via its
@@ -213,34 +185,19 @@ fn build_result(
         mtu: conf.mtu,
         sandbox,
     };
-    let mut routes: Vec<RouteJson> = allocs
-        .iter()
-        .map(|a| RouteJson {
-            dst: default_route(a.gateway).to_string(),
-            gw: Some(a.gateway),
-        })
-        .collect();
+    let mut routes: Vec<RouteJson> =
+        allocs.iter().map(|a| RouteJson { dst: default_route(a.gateway).to_string(), gw: Some(a.gateway) }).collect();
     for r in &conf.routes {
         if r.dst.prefix == 0 && r.gw.is_none() {
             continue;
         }
         if let Some(gw) = r.gw.or_else(|| gateway_for(allocs, &r.dst)) {
-            routes.push(RouteJson {
-                dst: r.dst.to_string(),
-                gw: Some(gw),
-            });
+            routes.push(RouteJson { dst: r.dst.to_string(), gw: Some(gw) });
         }
     }
     AddResult {
-        interfaces: vec![
-            iface(bridge, String::new()),
-            iface(host, String::new()),
-            iface(pod, sandbox),
-        ],
-        ips: allocs
-            .iter()
-            .map(|a| ip_config(a.address, a.gateway, 2))
-            .collect(),
+        interfaces: vec![iface(bridge, String::new()), iface(host, String::new()), iface(pod, sandbox)],
+        ips: allocs.iter().map(|a| ip_config(a.address, a.gateway, 2)).collect(),
         routes,
     }
 }

@@ -25,8 +25,9 @@ pub const DEFAULT_BRIDGE: &str = "ebpfcni0";
 struct RawConf {
     cni_version: String,
     name: String,
+    /// The binary's name as the runtime found it; any name is fine.
     #[serde(rename = "type")]
-    plugin_type: String,
+    _plugin_type: String,
     bridge: Option<String>,
     subnet: Option<String>,
     gateway: Option<String>,
@@ -36,21 +37,64 @@ struct RawConf {
     mtu: Option<u32>,
     attach_mode: Option<String>,
     log_file: Option<PathBuf>,
-    // Set by the runtime or reserved by the spec: accepted, read where used.
-    #[serde(rename = "args")]
-    _args: Option<Value>,
-    #[serde(rename = "runtimeConfig")]
-    _runtime_config: Option<Value>,
+    log_level: Option<String>,
+    // Set by the runtime or reserved by the spec.
+    args: Option<RawArgs>,
+    runtime_config: Option<RawRuntimeConfig>,
     prev_result: Option<Value>,
+    #[serde(rename = "cni.dev/valid-attachments")]
+    valid_attachments: Option<Vec<Attachment>>,
+    #[serde(rename = "cni.dev/attachments")]
+    attachments: Option<Vec<Attachment>>,
     #[serde(rename = "capabilities")]
     _capabilities: Option<Value>,
     #[serde(rename = "dns")]
     _dns: Option<Value>,
     #[serde(rename = "cniVersions")]
     _cni_versions: Option<Value>,
-    disable_check: Option<bool>,
+    #[serde(rename = "disableCheck")]
+    _disable_check: Option<bool>,
     #[serde(rename = "disableGC")]
     _disable_gc: Option<bool>,
+}
+
+/// `args.cni`: only `ips` is ours; other keys belong to other plugins.
+#[derive(Deserialize)]
+struct RawArgs {
+    cni: Option<RawCniArgs>,
+}
+
+#[derive(Deserialize)]
+struct RawCniArgs {
+    ips: Option<Vec<String>>,
+}
+
+/// `runtimeConfig`: the capabilities this plugin declares (`ips`, `mac`);
+/// others (portMappings, bandwidth, …) are for chained plugins.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawRuntimeConfig {
+    ips: Option<Vec<String>>,
+    mac: Option<String>,
+}
+
+/// One entry of GC's `cni.dev/valid-attachments`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Attachment {
+    #[serde(rename = "containerID")]
+    pub container_id: String,
+    pub ifname: String,
+}
+
+/// Which outcomes `logFile` records.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogLevel {
+    /// Every operation.
+    #[default]
+    Info,
+    /// Failed operations only.
+    Error,
 }
 
 #[derive(Deserialize)]
@@ -103,22 +147,27 @@ pub struct NetConf {
     pub mtu: Option<u32>,
     pub attach_mode: AttachMode,
     pub log_file: Option<PathBuf>,
+    pub log_level: LogLevel,
     pub prev_result: Option<Value>,
-    pub disable_check: bool,
+    /// Addresses the runtime asks for (`args.cni.ips`, `runtimeConfig.ips`).
+    pub requested_ips: Vec<IpAddr>,
+    /// `runtimeConfig.mac`.
+    pub requested_mac: Option<[u8; 6]>,
+    /// GC's list (`cni.dev/valid-attachments`, or the older
+    /// `cni.dev/attachments`); None when the config carries neither.
+    pub valid_attachments: Option<Vec<Attachment>>,
 }
 
 fn invalid(msg: impl Into<String>) -> anyhow::Error {
-    CniError::new(INVALID_CONFIG, msg)
+    CniError::error(INVALID_CONFIG, msg)
 }
 
 fn ip(what: &str, s: &str) -> Result<IpAddr> {
-    s.parse()
-        .map_err(|_| invalid(format!("{what} {s:?} is not an IP address")))
+    s.parse().map_err(|_| invalid(format!("{what} {s:?} is not an IP address")))
 }
 
 fn cidr(what: &str, s: &str) -> Result<Cidr> {
-    s.parse::<Cidr>()
-        .map_err(|e| invalid(format!("{what} {s:?}: {e:#}")))
+    s.parse::<Cidr>().map_err(|e| invalid(format!("{what} {s:?}: {e:#}")))
 }
 
 /// The `cniVersion` of a config, for error JSON, even when the rest is bad.
@@ -129,28 +178,20 @@ pub fn peek_version(bytes: &[u8]) -> Option<String> {
 
 impl NetConf {
     pub fn parse(bytes: &[u8]) -> Result<Self> {
-        let value: Value = serde_json::from_slice(bytes).map_err(|e| {
-            CniError::new(
-                DECODE_FAILURE,
-                format!("network config is not valid JSON: {e}"),
-            )
-        })?;
+        let value: Value = serde_json::from_slice(bytes)
+            .map_err(|e| CniError::error(DECODE_FAILURE, format!("network config is not valid JSON: {e}")))?;
         // The version decides how the rest is read: check it first.
         match value.get("cniVersion") {
             Some(Value::String(v)) if version::is_supported(v) => {}
             Some(v) => {
-                return Err(CniError::new(
+                return Err(CniError::error(
                     INCOMPATIBLE_VERSION,
-                    format!(
-                        "cniVersion {v} is not supported (supported: {})",
-                        version::SUPPORTED.join(", ")
-                    ),
+                    format!("cniVersion {v} is not supported (supported: {})", version::SUPPORTED.join(", ")),
                 ))
             }
             None => bail!(invalid("network config has no cniVersion")),
         }
-        let raw: RawConf =
-            serde_json::from_value(value).map_err(|e| invalid(format!("network config: {e}")))?;
+        let raw: RawConf = serde_json::from_value(value).map_err(|e| invalid(format!("network config: {e}")))?;
         Self::from_raw(raw)
     }
 
@@ -166,9 +207,7 @@ impl NetConf {
         }
         let attach_mode = match raw.attach_mode.as_deref() {
             None => AttachMode::Auto,
-            Some(s) => s
-                .parse()
-                .map_err(|e: anyhow::Error| invalid(e.to_string()))?,
+            Some(s) => s.parse().map_err(|e: anyhow::Error| invalid(e.to_string()))?,
         };
 
         let ipam = raw.ipam.unwrap_or(RawIpam {
@@ -194,16 +233,30 @@ impl NetConf {
             let dst = cidr("route dst", &r.dst)?;
             let gw = r.gw.as_deref().map(|g| ip("route gw", g)).transpose()?;
             if gw.is_some_and(|g| g.is_ipv4() != dst.is_ipv4()) {
-                bail!(invalid(format!(
-                    "route {} has a gateway of the other family",
-                    r.dst
-                )));
+                bail!(invalid(format!("route {} has a gateway of the other family", r.dst)));
             }
-            routes.push(Route {
-                dst: dst.as_network(),
-                gw,
-            });
+            routes.push(Route { dst: dst.as_network(), gw });
         }
+
+        let log_level = match raw.log_level.as_deref() {
+            None | Some("info") | Some("debug") => LogLevel::Info,
+            Some("error") => LogLevel::Error,
+            Some(other) => bail!(invalid(format!("logLevel {other:?} is not one of info, error"))),
+        };
+        let mut requested: Vec<String> = Vec::new();
+        requested.extend(raw.args.and_then(|a| a.cni).and_then(|c| c.ips).unwrap_or_default());
+        let (rc_ips, rc_mac) = raw.runtime_config.map(|r| (r.ips, r.mac)).unwrap_or((None, None));
+        requested.extend(rc_ips.unwrap_or_default());
+        let requested_ips = requested
+            .iter()
+            .map(|s| {
+                let addr = s.split('/').next().unwrap_or(s);
+                ip("requested IP", addr)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let requested_mac = rc_mac
+            .map(|m| super::result::parse_mac(&m).map_err(|e| invalid(format!("runtimeConfig.mac: {e:#}"))))
+            .transpose()?;
 
         Ok(NetConf {
             cni_version: raw.cni_version,
@@ -211,60 +264,44 @@ impl NetConf {
             bridge,
             rangesets,
             routes,
-            data_dir: raw
-                .data_dir
-                .or(ipam.data_dir)
-                .unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
+            data_dir: raw.data_dir.or(ipam.data_dir).unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
             bpf_pin_path: raw.bpf_pin_path.unwrap_or_else(|| DEFAULT_PIN_PATH.into()),
             mtu: raw.mtu,
             attach_mode,
             log_file: raw.log_file,
+            log_level,
             prev_result: raw.prev_result,
-            disable_check: raw.disable_check.unwrap_or(false),
+            requested_ips,
+            requested_mac,
+            valid_attachments: raw.valid_attachments.or(raw.attachments),
         })
     }
 }
 
 /// Network names become directory names: the spec's character set only.
 fn validate_network_name(name: &str) -> Result<()> {
-    let ok = name
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_alphanumeric())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+    let ok = name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
         && name.len() <= 255;
     if ok {
         Ok(())
     } else {
-        Err(invalid(format!("network name {name:?} must be letters, digits, '_', '.', '-' (starting with a letter or digit)")))
+        Err(invalid(format!(
+            "network name {name:?} must be letters, digits, '_', '.', '-' (starting with a letter or digit)"
+        )))
     }
 }
 
-fn collect_ranges(
-    subnet: &Option<String>,
-    gateway: &Option<String>,
-    ipam: &RawIpam,
-) -> Result<Vec<Vec<IpRange>>> {
+fn collect_ranges(subnet: &Option<String>, gateway: &Option<String>, ipam: &RawIpam) -> Result<Vec<Vec<IpRange>>> {
     let top = subnet.is_some() || gateway.is_some();
     let flat = ipam.subnet.is_some();
     let nested = ipam.ranges.is_some();
     if [top, flat, nested].iter().filter(|b| **b).count() > 1 {
-        bail!(invalid(
-            "give the subnet once: top-level subnet, ipam.subnet or ipam.ranges"
-        ));
+        bail!(invalid("give the subnet once: top-level subnet, ipam.subnet or ipam.ranges"));
     }
     let raw_sets: Vec<Vec<RawRange>> = if top {
-        let subnet = subnet
-            .clone()
-            .ok_or_else(|| invalid("gateway is set but subnet is missing"))?;
-        vec![vec![RawRange {
-            subnet,
-            range_start: None,
-            range_end: None,
-            gateway: gateway.clone(),
-        }]]
+        let subnet = subnet.clone().ok_or_else(|| invalid("gateway is set but subnet is missing"))?;
+        vec![vec![RawRange { subnet, range_start: None, range_end: None, gateway: gateway.clone() }]]
     } else if flat {
         vec![vec![RawRange {
             subnet: ipam.subnet.clone().unwrap_or_default(),
@@ -297,8 +334,7 @@ fn collect_ranges(
         let mut set = Vec::new();
         for r in raw_set {
             let subnet = cidr("subnet", &r.subnet)?;
-            let opt =
-                |what: &str, v: &Option<String>| v.as_deref().map(|s| ip(what, s)).transpose();
+            let opt = |what: &str, v: &Option<String>| v.as_deref().map(|s| ip(what, s)).transpose();
             let range = IpRange::new(
                 subnet,
                 opt("rangeStart", &r.range_start)?,
@@ -310,14 +346,10 @@ fn collect_ranges(
         }
         let family = set[0].subnet.is_ipv4();
         if set.iter().any(|r| r.subnet.is_ipv4() != family) {
-            bail!(invalid(
-                "a range set mixes IPv4 and IPv6; give each family its own set"
-            ));
+            bail!(invalid("a range set mixes IPv4 and IPv6; give each family its own set"));
         }
         if sets.iter().any(|s| s[0].subnet.is_ipv4() == family) {
-            bail!(invalid(
-                "two range sets of the same family; put the ranges in one set"
-            ));
+            bail!(invalid("two range sets of the same family; put the ranges in one set"));
         }
         sets.push(set);
     }
@@ -325,10 +357,7 @@ fn collect_ranges(
     for (i, a) in all.iter().enumerate() {
         for b in &all[i + 1..] {
             if a.overlaps(b) {
-                bail!(invalid(format!(
-                    "ranges {}-{} and {}-{} overlap",
-                    a.start, a.end, b.start, b.end
-                )));
+                bail!(invalid(format!("ranges {}-{} and {}-{} overlap", a.start, a.end, b.start, b.end)));
             }
         }
     }
@@ -379,9 +408,7 @@ mod tests {
     #[test]
     fn invalid_configs_get_the_right_code() {
         let base = |extra: &str| {
-            format!(
-                r#"{{"cniVersion":"1.0.0","name":"n","type":"ebpfcni","subnet":"10.1.0.0/24"{extra}}}"#
-            )
+            format!(r#"{{"cniVersion":"1.0.0","name":"n","type":"ebpfcni","subnet":"10.1.0.0/24"{extra}}}"#)
         };
         assert_eq!(code(&base(r#","gateway":"10.2.0.1""#)), INVALID_CONFIG);
         assert_eq!(code(&base(r#","subnnet":"10.1.0.0/24""#)), INVALID_CONFIG);
@@ -391,10 +418,7 @@ mod tests {
             code(r#"{"cniVersion":"1.0.0","name":"n","type":"ebpfcni","subnet":"10.1.0.0/33"}"#),
             INVALID_CONFIG
         );
-        assert_eq!(
-            code(r#"{"cniVersion":"1.0.0","name":"n","type":"ebpfcni","subnet":"banana"}"#),
-            INVALID_CONFIG
-        );
+        assert_eq!(code(r#"{"cniVersion":"1.0.0","name":"n","type":"ebpfcni","subnet":"banana"}"#), INVALID_CONFIG);
         assert_eq!(
             code(r#"{"cniVersion":"1.0.0","name":"../x","type":"ebpfcni","subnet":"10.1.0.0/24"}"#),
             INVALID_CONFIG
@@ -404,8 +428,25 @@ mod tests {
             INCOMPATIBLE_VERSION
         );
         assert_eq!(code(r#"{"cniVersion":"1.0.0","#), DECODE_FAILURE);
+        assert_eq!(code(r#"{"cniVersion":"1.0.0","name":"n","type":"ebpfcni"}"#), INVALID_CONFIG);
+    }
+
+    #[test]
+    fn runtime_requests_and_gc_lists_are_read() {
+        let c = NetConf::parse(
+            br#"{"cniVersion":"1.1.0","name":"n","type":"ebpfcni","subnet":"10.1.0.0/24",
+                 "args":{"cni":{"ips":["10.1.0.9"]}},
+                 "runtimeConfig":{"ips":["fd00::9/64"],"mac":"02:00:00:00:00:09","portMappings":[]},
+                 "cni.dev/attachments":[{"containerID":"abc","ifname":"eth0"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(c.requested_ips.len(), 2);
+        assert_eq!(c.requested_mac, Some([2, 0, 0, 0, 0, 9]));
+        assert_eq!(c.valid_attachments.unwrap()[0].container_id, "abc");
         assert_eq!(
-            code(r#"{"cniVersion":"1.0.0","name":"n","type":"ebpfcni"}"#),
+            code(
+                r#"{"cniVersion":"1.0.0","name":"n","type":"ebpfcni","subnet":"10.1.0.0/24","runtimeConfig":{"mac":"zz"}}"#
+            ),
             INVALID_CONFIG
         );
     }

@@ -17,11 +17,7 @@ pub fn del(conf: &NetConf, env: &CniEnv) -> Result<Vec<IpAddr>> {
     let host = Netlink::connect()?;
     let host_link = host.link_by_name(&host_if)?;
     let mut store = DiskStore::open(&conf.data_dir, &conf.name)?;
-    let ips: Vec<IpAddr> = store
-        .leases_of(&env.container_id, &env.ifname)?
-        .iter()
-        .map(|l| l.ip)
-        .collect();
+    let ips: Vec<IpAddr> = store.leases_of(&env.container_id, &env.ifname)?.iter().map(|l| l.ip).collect();
 
     let dir = datapath::network_dir(&conf.bpf_pin_path, &conf.name);
     if let Some(maps) = Maps::open_if_pinned(&dir)? {
@@ -29,12 +25,7 @@ pub fn del(conf: &NetConf, env: &CniEnv) -> Result<Vec<IpAddr>> {
         // whose lease is already gone.
         let mut stale: Vec<IpAddr> = ips.clone();
         if let Some(link) = &host_link {
-            stale.extend(
-                maps.endpoints()?
-                    .iter()
-                    .filter(|e| e.ifindex == link.index)
-                    .map(|e| e.ip),
-            );
+            stale.extend(maps.endpoints()?.iter().filter(|e| e.ifindex == link.index).map(|e| e.ip));
         }
         for ip in stale {
             maps.remove_endpoint(ip)?;

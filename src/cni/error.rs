@@ -6,13 +6,14 @@ use std::fmt;
 use serde::Serialize;
 
 pub const INCOMPATIBLE_VERSION: u32 = 1;
-pub const UNSUPPORTED_FIELD: u32 = 2;
 pub const INVALID_ENV: u32 = 4;
 pub const IO_FAILURE: u32 = 5;
 pub const DECODE_FAILURE: u32 = 6;
 pub const INVALID_CONFIG: u32 = 7;
 pub const TRY_AGAIN_LATER: u32 = 11;
 pub const NOT_READY: u32 = 50;
+/// Plugin specific: CHECK found something ADD made missing or changed.
+pub const CHECK_FAILED: u32 = 100;
 
 /// An error that already knows its CNI code.
 #[derive(Debug)]
@@ -22,12 +23,8 @@ pub struct CniError {
 }
 
 impl CniError {
-    pub fn new(code: u32, msg: impl Into<String>) -> anyhow::Error {
-        CniError {
-            code,
-            msg: msg.into(),
-        }
-        .into()
+    pub fn error(code: u32, msg: impl Into<String>) -> anyhow::Error {
+        CniError { code, msg: msg.into() }.into()
     }
 }
 
@@ -57,9 +54,7 @@ pub fn to_json(err: &anyhow::Error, cni_version: &str) -> ErrorJson {
         .chain()
         .find_map(|c| c.downcast_ref::<CniError>().map(|e| e.code))
         .or_else(|| {
-            err.chain()
-                .any(|c| c.downcast_ref::<crate::ipam::Exhausted>().is_some())
-                .then_some(TRY_AGAIN_LATER)
+            err.chain().any(|c| c.downcast_ref::<crate::ipam::Exhausted>().is_some()).then_some(TRY_AGAIN_LATER)
         })
         .unwrap_or(IO_FAILURE);
     let msg = err.to_string();
@@ -67,11 +62,7 @@ pub fn to_json(err: &anyhow::Error, cni_version: &str) -> ErrorJson {
     ErrorJson {
         cni_version: cni_version.to_string(),
         code,
-        details: if details == msg {
-            String::new()
-        } else {
-            details
-        },
+        details: if details == msg { String::new() } else { details },
         msg,
     }
 }
@@ -83,9 +74,8 @@ mod tests {
 
     #[test]
     fn code_survives_added_context() {
-        let e: anyhow::Error = Err::<(), _>(CniError::new(INVALID_CONFIG, "bad subnet"))
-            .context("parse network config")
-            .unwrap_err();
+        let e: anyhow::Error =
+            Err::<(), _>(CniError::error(INVALID_CONFIG, "bad subnet")).context("parse network config").unwrap_err();
         let j = to_json(&e, "1.0.0");
         assert_eq!(j.code, INVALID_CONFIG);
         assert_eq!(j.msg, "parse network config");

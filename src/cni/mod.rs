@@ -3,11 +3,14 @@
 //! stdout. Diagnostics go to stderr and, when configured, `logFile`.
 
 mod add;
+mod check;
 pub mod config;
 mod del;
 pub mod env;
 pub mod error;
+mod gc;
 pub mod result;
+mod status;
 mod undo;
 pub mod version;
 
@@ -41,14 +44,10 @@ pub fn main(command: &str) -> i32 {
         .filter(|v| version::is_supported(v))
         .unwrap_or_else(|| version::LATEST.to_string());
     let outcome = match read {
-        Err(e) => Err(CniError::new(
-            DECODE_FAILURE,
-            format!("read network config from stdin: {e}"),
-        )),
-        Ok(_) if stdin.len() as u64 > MAX_STDIN => Err(CniError::new(
-            DECODE_FAILURE,
-            format!("network config is larger than {MAX_STDIN} bytes"),
-        )),
+        Err(e) => Err(CniError::error(DECODE_FAILURE, format!("read network config from stdin: {e}"))),
+        Ok(_) if stdin.len() as u64 > MAX_STDIN => {
+            Err(CniError::error(DECODE_FAILURE, format!("network config is larger than {MAX_STDIN} bytes")))
+        }
         Ok(_) => run(command, &stdin),
     };
     let mut out = std::io::stdout().lock();
@@ -60,11 +59,8 @@ pub fn main(command: &str) -> i32 {
         }
         Err(e) => {
             eprintln!("ebpfcni: {command}: {e:#}");
-            let _ = writeln!(
-                out,
-                "{}",
-                serde_json::to_string(&error::to_json(&e, &version)).expect("error serializes")
-            );
+            let _ =
+                writeln!(out, "{}", serde_json::to_string(&error::to_json(&e, &version)).expect("error serializes"));
             1
         }
     }
@@ -76,55 +72,70 @@ fn run(command: &str, stdin: &[u8]) -> Result<Option<Value>> {
             "cniVersion": config::peek_version(stdin).filter(|v| version::is_supported(v)).unwrap_or(version::LATEST.into()),
             "supportedVersions": version::SUPPORTED,
         }))),
-        "ADD" | "DEL" => {
+        "ADD" | "DEL" | "CHECK" => {
             let conf = NetConf::parse(stdin)?;
             let env = CniEnv::from_env(command)?;
             let started = Instant::now();
-            let outcome = if command == "ADD" {
-                add::add(&conf, &env).map(|r| Some(r.render(&conf.cni_version)))
-            } else {
-                del::del(&conf, &env).map(|_| None)
+            let (outcome, addresses) = match command {
+                "ADD" => match add::add(&conf, &env) {
+                    Ok(r) => {
+                        let ips = r.ips.iter().map(|i| i.address.clone()).collect();
+                        (Ok(Some(r.render(&conf.cni_version))), ips)
+                    }
+                    Err(e) => (Err(e), Vec::new()),
+                },
+                "DEL" => match del::del(&conf, &env) {
+                    Ok(ips) => (Ok(None), ips.iter().map(ToString::to_string).collect()),
+                    Err(e) => (Err(e), Vec::new()),
+                },
+                _ => (check::check(&conf, &env).map(|()| None), Vec::new()),
             };
-            log_outcome(&conf, &env, &outcome, started);
+            let who = format!("container={} ifname={}", env.container_id, env.ifname);
+            log_outcome(&conf, command, &who, &addresses, &outcome, started);
             outcome
         }
-        other => Err(CniError::new(
-            INVALID_ENV,
-            format!("CNI_COMMAND {other:?} is not supported"),
-        )),
+        "GC" => {
+            let conf = NetConf::parse(stdin)?;
+            let started = Instant::now();
+            let (outcome, released) = match gc::gc(&conf) {
+                Ok(ips) => (Ok(None), ips.iter().map(ToString::to_string).collect()),
+                Err(e) => (Err(e), Vec::new()),
+            };
+            log_outcome(&conf, command, "released", &released, &outcome, started);
+            outcome
+        }
+        "STATUS" => {
+            let conf = NetConf::parse(stdin)?;
+            status::status(&conf).map(|()| None)
+        }
+        other => Err(CniError::error(INVALID_ENV, format!("CNI_COMMAND {other:?} is not supported"))),
     }
 }
 
-/// One line per ADD/DEL in `logFile`: who, which addresses, the outcome
-/// and how long it took.
-fn log_outcome(conf: &NetConf, env: &CniEnv, outcome: &Result<Option<Value>>, started: Instant) {
+/// One line per ADD/DEL/CHECK/GC in `logFile`: who, which addresses, the
+/// outcome and how long it took (`logLevel: error` keeps failures only).
+fn log_outcome(
+    conf: &NetConf,
+    command: &str,
+    who: &str,
+    addresses: &[String],
+    outcome: &Result<Option<Value>>,
+    started: Instant,
+) {
     let Some(path) = &conf.log_file else { return };
-    let addresses = match outcome {
-        Ok(Some(v)) => v["ips"]
-            .as_array()
-            .map(|ips| {
-                ips.iter()
-                    .filter_map(|i| i["address"].as_str())
-                    .collect::<Vec<_>>()
-                    .join(",")
-            })
-            .unwrap_or_default(),
-        _ => String::new(),
-    };
+    if outcome.is_ok() && conf.log_level == config::LogLevel::Error {
+        return;
+    }
     let result = match outcome {
         Ok(_) => "ok".to_string(),
         Err(e) => format!("error: {}", format!("{e:#}").replace('\n', " ")),
     };
     let line = format!(
-        "{} {} network={} container={} ifname={} addresses=[{}] duration_ms={:.1} outcome={}\n",
+        "{} {command} network={} {who} addresses=[{}] duration_ms={:.1} outcome={result}\n",
         utc_timestamp(SystemTime::now()),
-        env.command,
         conf.name,
-        env.container_id,
-        env.ifname,
-        addresses,
+        addresses.join(","),
         started.elapsed().as_secs_f64() * 1000.0,
-        result
     );
     if let Err(e) = append(path, &line) {
         eprintln!("ebpfcni: write log {}: {e:#}", path.display());
@@ -135,20 +146,13 @@ fn append(path: &Path, line: &str) -> Result<()> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)?
-        .write_all(line.as_bytes())?;
+    OpenOptions::new().create(true).append(true).open(path)?.write_all(line.as_bytes())?;
     Ok(())
 }
 
 /// RFC 3339 UTC time without pulling in a date crate.
 fn utc_timestamp(t: SystemTime) -> String {
-    let secs = t
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let secs = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let (days, rem) = (secs / 86_400, secs % 86_400);
     // Civil-from-days (Howard Hinnant's algorithm).
     let z = days as i64 + 719_468;
@@ -160,12 +164,7 @@ fn utc_timestamp(t: SystemTime) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 #[cfg(test)]
@@ -185,9 +184,6 @@ mod tests {
     #[test]
     fn timestamps_are_rfc3339_utc() {
         assert_eq!(utc_timestamp(UNIX_EPOCH), "1970-01-01T00:00:00Z");
-        assert_eq!(
-            utc_timestamp(UNIX_EPOCH + Duration::from_secs(1_795_000_000)),
-            "2026-11-18T11:06:40Z"
-        );
+        assert_eq!(utc_timestamp(UNIX_EPOCH + Duration::from_secs(1_795_000_000)), "2026-11-18T11:06:40Z");
     }
 }

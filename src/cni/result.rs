@@ -47,18 +47,27 @@ pub struct AddResult {
 }
 
 pub fn mac_string(mac: [u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff`; a pod's MAC must be unicast.
+pub fn parse_mac(s: &str) -> anyhow::Result<[u8; 6]> {
+    let parts: Vec<&str> = s.split(':').collect();
+    let mut mac = [0u8; 6];
+    if parts.len() != 6 {
+        anyhow::bail!("{s:?} is not a MAC address (aa:bb:cc:dd:ee:ff)");
+    }
+    for (b, p) in mac.iter_mut().zip(&parts) {
+        *b = u8::from_str_radix(p, 16).map_err(|_| anyhow::anyhow!("{s:?} is not a MAC address"))?;
+    }
+    if mac[0] & 1 != 0 {
+        anyhow::bail!("{s} is a multicast address, not usable by a pod");
+    }
+    Ok(mac)
 }
 
 pub fn ip_config(address: Cidr, gateway: IpAddr, interface: usize) -> IpConfig {
-    IpConfig {
-        address: address.to_string(),
-        gateway: Some(gateway),
-        interface: Some(interface),
-    }
+    IpConfig { address: address.to_string(), gateway: Some(gateway), interface: Some(interface) }
 }
 
 impl AddResult {
@@ -67,11 +76,7 @@ impl AddResult {
         let mut v = serde_json::to_value(self).expect("result serializes");
         if version::is_legacy(cni_version) {
             for ip in v["ips"].as_array_mut().into_iter().flatten() {
-                let family = if ip["address"].as_str().is_some_and(|a| a.contains(':')) {
-                    "6"
-                } else {
-                    "4"
-                };
+                let family = if ip["address"].as_str().is_some_and(|a| a.contains(':')) { "6" } else { "4" };
                 ip["version"] = json!(family);
             }
         }
@@ -94,17 +99,10 @@ mod tests {
                 sandbox: "/run/netns/p".into(),
             }],
             ips: vec![
-                ip_config(
-                    "10.0.0.2/24".parse().unwrap(),
-                    "10.0.0.1".parse().unwrap(),
-                    0,
-                ),
+                ip_config("10.0.0.2/24".parse().unwrap(), "10.0.0.1".parse().unwrap(), 0),
                 ip_config("fd00::2/64".parse().unwrap(), "fd00::1".parse().unwrap(), 0),
             ],
-            routes: vec![RouteJson {
-                dst: "0.0.0.0/0".into(),
-                gw: Some("10.0.0.1".parse().unwrap()),
-            }],
+            routes: vec![RouteJson { dst: "0.0.0.0/0".into(), gw: Some("10.0.0.1".parse().unwrap()) }],
         }
     }
 

@@ -4,9 +4,11 @@
 
 use anyhow::Result;
 
+type Step<'a> = Box<dyn FnOnce() -> Result<()> + 'a>;
+
 #[derive(Default)]
 pub struct Undo<'a> {
-    steps: Vec<(String, Box<dyn FnOnce() -> Result<()> + 'a>)>,
+    steps: Vec<(String, Step<'a>)>,
 }
 
 impl<'a> Undo<'a> {

@@ -70,14 +70,7 @@ fn tcx_link_create(prog: BorrowedFd<'_>, ifindex: i32) -> io::Result<OwnedFd> {
     let mut opts: libbpf_sys::bpf_link_create_opts = unsafe { std::mem::zeroed() };
     opts.sz = std::mem::size_of::<libbpf_sys::bpf_link_create_opts>() as _;
     // SAFETY: valid program fd and opts; the returned fd is ours.
-    let fd = unsafe {
-        libbpf_sys::bpf_link_create(
-            prog.as_raw_fd(),
-            ifindex,
-            libbpf_sys::BPF_TCX_INGRESS,
-            &opts,
-        )
-    };
+    let fd = unsafe { libbpf_sys::bpf_link_create(prog.as_raw_fd(), ifindex, libbpf_sys::BPF_TCX_INGRESS, &opts) };
     if fd < 0 {
         return Err(libbpf_err(fd));
     }
@@ -105,7 +98,10 @@ impl Datapath {
         };
         if use_tcx {
             let pin = link_pin(&self.dir, host_if);
-            // A pin left by a crashed ADD for this very veth name is stale.
+            if tcx_link_ifindex(&pin) == Some(ifindex) {
+                return Ok(Attached::Tcx); // a retried ADD: already attached
+            }
+            // A pin left by a crashed ADD for this veth name is stale.
             let _ = fs::remove_file(&pin);
             let link = tcx_link_create(prog, ifindex as i32)
                 .with_context(|| format!("attach tcx to {host_if} (ifindex {ifindex})"))?;
@@ -113,8 +109,7 @@ impl Datapath {
             // SAFETY: valid link fd and NUL-terminated path.
             let ret = unsafe { libbpf_sys::bpf_obj_pin(link.as_raw_fd(), c.as_ptr()) };
             if ret < 0 {
-                return Err(libbpf_err(ret))
-                    .with_context(|| format!("pin tcx link at {}", pin.display()));
+                return Err(libbpf_err(ret)).with_context(|| format!("pin tcx link at {}", pin.display()));
             }
             Ok(Attached::Tcx)
         } else {
@@ -125,13 +120,58 @@ impl Datapath {
     }
 }
 
+impl Datapath {
+    /// Verifies that the pod's host veth (by ifindex: names are reused)
+    /// runs this network's program, in the mode its endpoint records.
+    pub fn verify_attached(&self, host_if: &str, ifindex: u32, flags: u16) -> Result<()> {
+        let prog = std::os::fd::AsFd::as_fd(&self.prog);
+        let want = libbpf_rs::Program::id_from_fd(prog).context("read pinned program id")?;
+        let got = if flags & super::ENDPOINT_F_TCX != 0 {
+            let pin = link_pin(&self.dir, host_if);
+            let link =
+                libbpf_rs::Link::open(&pin).map_err(|_| anyhow::anyhow!("no TCX link pinned at {}", pin.display()))?;
+            let info = link.info().context("read TCX link info")?;
+            match info.info {
+                libbpf_rs::query::LinkTypeInfo::Tcx(tcx) if tcx.ifindex == ifindex => info.prog_id,
+                libbpf_rs::query::LinkTypeInfo::Tcx(tcx) => {
+                    bail!(
+                        "TCX link {} is attached to ifindex {}, not {host_if} (ifindex {ifindex})",
+                        pin.display(),
+                        tcx.ifindex
+                    )
+                }
+                _ => bail!("{} is not a live TCX link (its interface is gone)", pin.display()),
+            }
+        } else {
+            clsact_prog_id(prog, ifindex)
+                .ok_or_else(|| anyhow::anyhow!("no ebpfcni tc filter on {host_if} (ifindex {ifindex}) ingress"))?
+        };
+        if got != want {
+            bail!("{host_if} (ifindex {ifindex}) runs BPF program {got}, not the network's program {want}");
+        }
+        Ok(())
+    }
+}
+
+/// The interface a pinned TCX link is attached to, if it is a live one.
+pub fn tcx_link_ifindex(pin: &Path) -> Option<u32> {
+    let link = libbpf_rs::Link::open(pin).ok()?;
+    match link.info().ok()?.info {
+        libbpf_rs::query::LinkTypeInfo::Tcx(tcx) => Some(tcx.ifindex),
+        _ => None,
+    }
+}
+
+/// The program id of our clsact filter on `ifindex`, if there is one.
+pub fn clsact_prog_id(prog: BorrowedFd<'_>, ifindex: u32) -> Option<u32> {
+    let mut hook = TcHook::new(prog);
+    hook.ifindex(ifindex as i32).handle(TC_HANDLE).priority(TC_PRIORITY).attach_point(TC_INGRESS);
+    hook.query().ok()
+}
+
 fn attach_clsact(prog: BorrowedFd<'_>, ifindex: u32, replace: bool) -> Result<()> {
     let mut hook = TcHook::new(prog);
-    hook.ifindex(ifindex as i32)
-        .replace(replace)
-        .handle(TC_HANDLE)
-        .priority(TC_PRIORITY)
-        .attach_point(TC_INGRESS);
+    hook.ifindex(ifindex as i32).replace(replace).handle(TC_HANDLE).priority(TC_PRIORITY).attach_point(TC_INGRESS);
     // Creates clsact when missing; an existing qdisc is reused as it is.
     hook.create().context("create clsact qdisc")?;
     hook.attach().context("add tc filter")?;

@@ -96,14 +96,9 @@ impl Maps {
     pub fn open(dir: &Path) -> Result<Self> {
         let open = |name: &str| {
             let path = dir.join(name);
-            MapHandle::from_pinned_path(&path)
-                .with_context(|| format!("open pinned map {}", path.display()))
+            MapHandle::from_pinned_path(&path).with_context(|| format!("open pinned map {}", path.display()))
         };
-        Ok(Maps {
-            endpoints: open("endpoints")?,
-            stats: open("stats")?,
-            iprules: open("iprules")?,
-        })
+        Ok(Maps { endpoints: open("endpoints")?, stats: open("stats")?, iprules: open("iprules")? })
     }
 
     /// Opens them when they exist; None when this network was never loaded.
@@ -116,11 +111,7 @@ impl Maps {
     }
 
     pub fn put_endpoint(&self, ep: &EndpointEntry) -> Result<()> {
-        let value = endpoint_info {
-            ifindex: ep.ifindex,
-            mac: ep.mac,
-            flags: ep.flags,
-        };
+        let value = endpoint_info { ifindex: ep.ifindex, mac: ep.mac, flags: ep.flags };
         self.endpoints
             .update(as_bytes(&ip_to_key(ep.ip)), as_bytes(&value), MapFlags::ANY)
             .with_context(|| format!("write endpoint {}", ep.ip))
@@ -143,12 +134,7 @@ impl Maps {
             .with_context(|| format!("look up endpoint {ip}"))?;
         Ok(raw.map(|v| {
             let info: endpoint_info = from_bytes(&v);
-            EndpointEntry {
-                ip,
-                ifindex: info.ifindex,
-                mac: info.mac,
-                flags: info.flags,
-            }
+            EndpointEntry { ip, ifindex: info.ifindex, mac: info.mac, flags: info.flags }
         }))
     }
 
@@ -169,17 +155,10 @@ impl Maps {
         let mut out = Vec::new();
         for key in self.stats.keys() {
             let ip = key_to_ip(&from_bytes::<ip_key>(&key));
-            let Some(per_cpu) = self
-                .stats
-                .lookup_percpu(&key, MapFlags::ANY)
-                .context("read stats")?
-            else {
+            let Some(per_cpu) = self.stats.lookup_percpu(&key, MapFlags::ANY).context("read stats")? else {
                 continue;
             };
-            let mut sum = StatsEntry {
-                ip,
-                ..Default::default()
-            };
+            let mut sum = StatsEntry { ip, ..Default::default() };
             for raw in per_cpu {
                 let s: traffic_stats = from_bytes(&raw);
                 sum.packets += s.packets;
@@ -193,25 +172,10 @@ impl Maps {
         Ok(out)
     }
 
-    pub fn stats_of(&self, ip: IpAddr) -> Result<StatsEntry> {
-        Ok(self
-            .stats()?
-            .into_iter()
-            .find(|s| s.ip == ip)
-            .unwrap_or(StatsEntry {
-                ip,
-                ..Default::default()
-            }))
-    }
-
     pub fn iprules(&self) -> Result<Vec<RuleEntry>> {
         let mut out = Vec::new();
         for key in self.iprules.keys() {
-            let Some(raw) = self
-                .iprules
-                .lookup(&key, MapFlags::ANY)
-                .context("read iprules")?
-            else {
+            let Some(raw) = self.iprules.lookup(&key, MapFlags::ANY).context("read iprules")? else {
                 continue;
             };
             let k: iprule_key = from_bytes(&key);
@@ -244,13 +208,7 @@ impl Maps {
 
 impl Default for StatsEntry {
     fn default() -> Self {
-        StatsEntry {
-            ip: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
-            packets: 0,
-            bytes: 0,
-            redirected: 0,
-            passed: 0,
-        }
+        StatsEntry { ip: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), packets: 0, bytes: 0, redirected: 0, passed: 0 }
     }
 }
 
@@ -271,11 +229,7 @@ mod tests {
     #[test]
     fn endpoint_value_layout_matches_c() {
         // struct endpoint_info { __u32 ifindex; __u8 mac[6]; __u16 flags; }
-        let v = endpoint_info {
-            ifindex: 7,
-            mac: [1, 2, 3, 4, 5, 6],
-            flags: ENDPOINT_F_TCX,
-        };
+        let v = endpoint_info { ifindex: 7, mac: [1, 2, 3, 4, 5, 6], flags: ENDPOINT_F_TCX };
         let b = as_bytes(&v);
         assert_eq!(b.len(), 12);
         assert_eq!(&b[4..10], &[1, 2, 3, 4, 5, 6]);

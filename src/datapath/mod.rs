@@ -12,8 +12,8 @@ mod skel {
 }
 
 pub use attach::{detach, AttachMode, Attached};
-pub use maps::{EndpointEntry, Maps, RuleEntry, StatsEntry, ENDPOINT_F_TC, ENDPOINT_F_TCX};
-pub use pins::{ensure_bpffs, network_dir, Datapath};
+pub use maps::{EndpointEntry, Maps, ENDPOINT_F_TC, ENDPOINT_F_TCX};
+pub use pins::{bpffs_available, network_dir, probe_load, Datapath};
 
 /// Identifies the BPF program this binary carries (a hash of its sources).
 pub const BPF_ID: &str = env!("EBPFCNI_BPF_ID");

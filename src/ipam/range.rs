@@ -21,17 +21,9 @@ pub struct IpRange {
 impl IpRange {
     /// Validates and fills the defaults: start after the network address,
     /// end before the IPv4 broadcast address, gateway at the first address.
-    pub fn new(
-        subnet: Cidr,
-        start: Option<IpAddr>,
-        end: Option<IpAddr>,
-        gateway: Option<IpAddr>,
-    ) -> Result<Self> {
+    pub fn new(subnet: Cidr, start: Option<IpAddr>, end: Option<IpAddr>, gateway: Option<IpAddr>) -> Result<Self> {
         if subnet.addr != subnet.network() {
-            bail!(
-                "subnet {subnet} has host bits set (did you mean {}?)",
-                subnet.as_network()
-            );
+            bail!("subnet {subnet} has host bits set (did you mean {}?)", subnet.as_network());
         }
         let host_bits = cidr::max_prefix(subnet.addr) - subnet.prefix;
         if host_bits < 2 {
@@ -46,11 +38,7 @@ impl IpRange {
         let gateway = gateway.unwrap_or(first);
         let start = start.unwrap_or(first);
         let end = end.unwrap_or(last);
-        for (what, ip) in [
-            ("gateway", gateway),
-            ("rangeStart", start),
-            ("rangeEnd", end),
-        ] {
+        for (what, ip) in [("gateway", gateway), ("rangeStart", start), ("rangeEnd", end)] {
             if !subnet.contains(ip) {
                 bail!("{what} {ip} is outside subnet {subnet}");
             }
@@ -61,12 +49,7 @@ impl IpRange {
         if cidr::to_u128(start) > cidr::to_u128(end) {
             bail!("rangeStart {start} is after rangeEnd {end}");
         }
-        Ok(IpRange {
-            subnet,
-            start,
-            end,
-            gateway,
-        })
+        Ok(IpRange { subnet, start, end, gateway })
     }
 
     pub fn contains(&self, ip: IpAddr) -> bool {
@@ -89,10 +72,7 @@ impl IpRange {
 
 /// Every assignable address of `ranges`, round robin: starting right after
 /// `last` (when it lies in one of them) and wrapping once around all ranges.
-pub fn candidates(
-    ranges: &[IpRange],
-    last: Option<IpAddr>,
-) -> impl Iterator<Item = (usize, IpAddr)> + '_ {
+pub fn candidates(ranges: &[IpRange], last: Option<IpAddr>) -> impl Iterator<Item = (usize, IpAddr)> + '_ {
     let origin = last
         .and_then(|ip| ranges.iter().position(|r| r.contains(ip)).map(|i| (i, ip)))
         .and_then(|(i, ip)| step(ranges, i, ip))
@@ -141,9 +121,7 @@ mod tests {
         assert_eq!(r.gateway, ip("10.244.1.1"));
         assert_eq!(r.start, ip("10.244.1.1"));
         assert_eq!(r.end, ip("10.244.1.254"));
-        let all: Vec<_> = candidates(std::slice::from_ref(&r), None)
-            .map(|(_, ip)| ip)
-            .collect();
+        let all: Vec<_> = candidates(std::slice::from_ref(&r), None).map(|(_, ip)| ip).collect();
         assert_eq!(all.len(), 253);
         assert_eq!(all[0], ip("10.244.1.2"));
         assert_eq!(*all.last().unwrap(), ip("10.244.1.254"));
@@ -152,46 +130,20 @@ mod tests {
     #[test]
     fn round_robin_starts_after_last_and_wraps() {
         let r = IpRange::new("10.0.0.0/29".parse().unwrap(), None, None, None).unwrap();
-        let order: Vec<_> = candidates(std::slice::from_ref(&r), Some(ip("10.0.0.4")))
-            .map(|(_, ip)| ip.to_string())
-            .collect();
-        assert_eq!(
-            order,
-            ["10.0.0.5", "10.0.0.6", "10.0.0.2", "10.0.0.3", "10.0.0.4"]
-        );
+        let order: Vec<_> =
+            candidates(std::slice::from_ref(&r), Some(ip("10.0.0.4"))).map(|(_, ip)| ip.to_string()).collect();
+        assert_eq!(order, ["10.0.0.5", "10.0.0.6", "10.0.0.2", "10.0.0.3", "10.0.0.4"]);
     }
 
     #[test]
     fn inclusive_start_end_and_several_ranges() {
-        let a = IpRange::new(
-            "10.1.0.0/24".parse().unwrap(),
-            Some(ip("10.1.0.10")),
-            Some(ip("10.1.0.11")),
-            None,
-        )
-        .unwrap();
-        let b = IpRange::new(
-            "10.2.0.0/24".parse().unwrap(),
-            Some(ip("10.2.0.5")),
-            Some(ip("10.2.0.5")),
-            None,
-        )
-        .unwrap();
+        let a =
+            IpRange::new("10.1.0.0/24".parse().unwrap(), Some(ip("10.1.0.10")), Some(ip("10.1.0.11")), None).unwrap();
+        let b = IpRange::new("10.2.0.0/24".parse().unwrap(), Some(ip("10.2.0.5")), Some(ip("10.2.0.5")), None).unwrap();
         let ranges = [a, b];
-        let order: Vec<_> = candidates(&ranges, None)
-            .map(|(i, ip)| (i, ip.to_string()))
-            .collect();
-        assert_eq!(
-            order,
-            [
-                (0, "10.1.0.10".into()),
-                (0, "10.1.0.11".into()),
-                (1, "10.2.0.5".to_string())
-            ]
-        );
-        let after: Vec<_> = candidates(&ranges, Some(ip("10.2.0.5")))
-            .map(|(_, ip)| ip.to_string())
-            .collect();
+        let order: Vec<_> = candidates(&ranges, None).map(|(i, ip)| (i, ip.to_string())).collect();
+        assert_eq!(order, [(0, "10.1.0.10".into()), (0, "10.1.0.11".into()), (1, "10.2.0.5".to_string())]);
+        let after: Vec<_> = candidates(&ranges, Some(ip("10.2.0.5"))).map(|(_, ip)| ip.to_string()).collect();
         assert_eq!(after[0], "10.1.0.10");
     }
 
@@ -209,23 +161,14 @@ mod tests {
     fn v6_range_walks_lazily() {
         let r = range("fd00:1::/64");
         assert_eq!(r.gateway, ip("fd00:1::1"));
-        let first: Vec<_> = candidates(std::slice::from_ref(&r), None)
-            .take(2)
-            .map(|(_, ip)| ip)
-            .collect();
+        let first: Vec<_> = candidates(std::slice::from_ref(&r), None).take(2).map(|(_, ip)| ip).collect();
         assert_eq!(first, [ip("fd00:1::2"), ip("fd00:1::3")]);
     }
 
     #[test]
     fn overlapping_ranges_detected() {
         let a = range("10.0.0.0/24");
-        let b = IpRange::new(
-            "10.0.0.0/16".parse().unwrap(),
-            Some(ip("10.0.0.200")),
-            None,
-            None,
-        )
-        .unwrap();
+        let b = IpRange::new("10.0.0.0/16".parse().unwrap(), Some(ip("10.0.0.200")), None, None).unwrap();
         let c = range("10.0.1.0/24");
         assert!(a.overlaps(&b));
         assert!(!a.overlaps(&c));

@@ -4,7 +4,6 @@
 //! with flock for the store's whole lifetime — so operators' habits and
 //! tools carry over. `MemStore` is the same contract in memory, for tests.
 
-use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
 use std::net::IpAddr;
@@ -37,18 +36,21 @@ pub trait LeaseStore {
     /// Every readable lease; unreadable files are reported on stderr and
     /// skipped so that one damaged file never blocks the other pods.
     fn leases(&self) -> Result<Vec<Lease>>;
+    /// Lease files that cannot be read (damaged, truncated): they belong to
+    /// no attachment, so only GC may remove them.
+    fn unreadable(&self) -> Result<Vec<IpAddr>> {
+        Ok(Vec::new())
+    }
 
     fn leases_of(&self, container_id: &str, ifname: &str) -> Result<Vec<Lease>> {
-        Ok(self
-            .leases()?
-            .into_iter()
-            .filter(|l| l.is_for(container_id, ifname))
-            .collect())
+        Ok(self.leases()?.into_iter().filter(|l| l.is_for(container_id, ifname)).collect())
     }
 }
 
 const LINE_BREAK: &str = "\r\n";
 const LAST_RESERVED: &str = "last_reserved_ip.";
+/// Leases being written; left only by a process killed mid-write.
+const TMP_PREFIX: &str = ".lease-";
 
 pub struct DiskStore {
     dir: PathBuf,
@@ -60,8 +62,7 @@ impl DiskStore {
     /// lock, blocking until other invocations release it.
     pub fn open(data_dir: &Path, network: &str) -> Result<Self> {
         let dir = data_dir.join(network);
-        fs::create_dir_all(&dir)
-            .with_context(|| format!("create lease directory {}", dir.display()))?;
+        fs::create_dir_all(&dir).with_context(|| format!("create lease directory {}", dir.display()))?;
         let lock_path = dir.join("lock");
         let file = OpenOptions::new()
             .create(true)
@@ -80,33 +81,65 @@ impl DiskStore {
         self.dir.join(ip.to_string())
     }
 
+    /// Removes temporaries left by a process killed during a reservation.
+    /// Any that exists now is such a leftover: writers hold the lock, and
+    /// so do we.
+    fn remove_stale_temporaries(&self) {
+        let Ok(entries) = fs::read_dir(&self.dir) else { return };
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(TMP_PREFIX) {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+    }
+
     fn sync_dir(&self) -> Result<()> {
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .with_context(|| format!("fsync {}", self.dir.display()))
+        File::open(&self.dir).and_then(|d| d.sync_all()).with_context(|| format!("fsync {}", self.dir.display()))
     }
 }
 
 impl LeaseStore for DiskStore {
+    fn unreadable(&self) -> Result<Vec<IpAddr>> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&self.dir).with_context(|| format!("list {}", self.dir.display()))? {
+            let entry = entry?;
+            let Some(ip) = entry.file_name().to_str().and_then(|n| n.parse::<IpAddr>().ok()) else { continue };
+            let readable = fs::read_to_string(entry.path()).ok().and_then(|c| parse_lease(ip, &c)).is_some();
+            if !readable {
+                out.push(ip);
+            }
+        }
+        Ok(out)
+    }
+
     fn reserve(&mut self, lease: &Lease, rangeset: usize) -> Result<bool> {
         let path = self.lease_path(lease.ip);
-        let mut file = match OpenOptions::new()
+        if path.exists() {
+            return Ok(false);
+        }
+        // The lease is written and fsynced under a private name (created
+        // O_EXCL), then linked to its address's name, which fails if the
+        // address is taken: a lease file is never seen half written, even
+        // when the process is killed in between.
+        let tmp = self.dir.join(format!("{TMP_PREFIX}{}-{}", std::process::id(), lease.ip));
+        let _ = fs::remove_file(&tmp);
+        let content = format!("{}{LINE_BREAK}{}", lease.container_id, lease.ifname);
+        let written = OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o644)
-            .open(&path)
-        {
-            Ok(f) => f,
+            .open(&tmp)
+            .and_then(|mut f| f.write_all(content.as_bytes()).and_then(|()| f.sync_all()));
+        if let Err(e) = written {
+            let _ = fs::remove_file(&tmp);
+            return Err(e).with_context(|| format!("write lease {}", tmp.display()));
+        }
+        let linked = fs::hard_link(&tmp, &path);
+        let _ = fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(false),
             Err(e) => return Err(e).with_context(|| format!("create lease {}", path.display())),
-        };
-        let content = format!("{}{LINE_BREAK}{}", lease.container_id, lease.ifname);
-        if let Err(e) = file
-            .write_all(content.as_bytes())
-            .and_then(|()| file.sync_all())
-        {
-            let _ = fs::remove_file(&path);
-            return Err(e).with_context(|| format!("write lease {}", path.display()));
         }
         let last = self.dir.join(format!("{LAST_RESERVED}{rangeset}"));
         let tmp = self.dir.join(format!(".{LAST_RESERVED}{rangeset}.tmp"));
@@ -141,9 +174,8 @@ impl LeaseStore for DiskStore {
 
     fn leases(&self) -> Result<Vec<Lease>> {
         let mut out = Vec::new();
-        for entry in
-            fs::read_dir(&self.dir).with_context(|| format!("list {}", self.dir.display()))?
-        {
+        self.remove_stale_temporaries();
+        for entry in fs::read_dir(&self.dir).with_context(|| format!("list {}", self.dir.display()))? {
             let entry = entry?;
             let name = entry.file_name();
             let Some(ip) = name.to_str().and_then(|n| n.parse::<IpAddr>().ok()) else {
@@ -158,10 +190,7 @@ impl LeaseStore for DiskStore {
                         content.chars().take(80).collect::<String>()
                     ),
                 },
-                Err(e) => eprintln!(
-                    "ebpfcni: skipping lease file {}: {e}",
-                    entry.path().display()
-                ),
+                Err(e) => eprintln!("ebpfcni: skipping lease file {}: {e}", entry.path().display()),
             }
         }
         out.sort_by_key(|l| super::cidr::to_u128(l.ip));
@@ -174,20 +203,18 @@ fn parse_lease(ip: IpAddr, content: &str) -> Option<Lease> {
     let mut lines = content.lines().map(str::trim);
     let container_id = lines.next().filter(|s| !s.is_empty())?.to_string();
     let ifname = lines.next().unwrap_or("").to_string();
-    Some(Lease {
-        ip,
-        container_id,
-        ifname,
-    })
+    Some(Lease { ip, container_id, ifname })
 }
 
 /// The lease store in memory, for unit tests of allocation logic.
+#[cfg(test)]
 #[derive(Default)]
 pub struct MemStore {
-    leases: BTreeMap<IpAddr, Lease>,
-    last: BTreeMap<usize, IpAddr>,
+    leases: std::collections::BTreeMap<IpAddr, Lease>,
+    last: std::collections::BTreeMap<usize, IpAddr>,
 }
 
+#[cfg(test)]
 impl LeaseStore for MemStore {
     fn reserve(&mut self, lease: &Lease, rangeset: usize) -> Result<bool> {
         if self.is_taken(lease.ip)? {
@@ -217,11 +244,7 @@ mod tests {
     use super::*;
 
     fn lease(ip: &str, id: &str) -> Lease {
-        Lease {
-            ip: ip.parse().unwrap(),
-            container_id: id.into(),
-            ifname: "eth0".into(),
-        }
+        Lease { ip: ip.parse().unwrap(), container_id: id.into(), ifname: "eth0".into() }
     }
 
     fn tempdir(tag: &str) -> PathBuf {
@@ -239,24 +262,12 @@ mod tests {
             assert!(!store.reserve(&lease("10.0.0.2", "other"), 0).unwrap());
         }
         let dir = root.join("net1");
-        assert_eq!(
-            fs::read_to_string(dir.join("10.0.0.2")).unwrap(),
-            "abc\r\neth0"
-        );
-        assert_eq!(
-            fs::read_to_string(dir.join("last_reserved_ip.0")).unwrap(),
-            "10.0.0.2"
-        );
+        assert_eq!(fs::read_to_string(dir.join("10.0.0.2")).unwrap(), "abc\r\neth0");
+        assert_eq!(fs::read_to_string(dir.join("last_reserved_ip.0")).unwrap(), "10.0.0.2");
         assert!(dir.join("lock").exists());
         let store = DiskStore::open(&root, "net1").unwrap();
-        assert_eq!(
-            store.leases_of("abc", "eth0").unwrap(),
-            vec![lease("10.0.0.2", "abc")]
-        );
-        assert_eq!(
-            store.last_reserved(0).unwrap(),
-            Some("10.0.0.2".parse().unwrap())
-        );
+        assert_eq!(store.leases_of("abc", "eth0").unwrap(), vec![lease("10.0.0.2", "abc")]);
+        assert_eq!(store.last_reserved(0).unwrap(), Some("10.0.0.2".parse().unwrap()));
         drop(store);
         fs::remove_dir_all(&root).unwrap();
     }
@@ -289,9 +300,7 @@ mod tests {
             let _s = DiskStore::open(&root2, "n").unwrap();
             tx.send(()).unwrap();
         });
-        assert!(rx
-            .recv_timeout(std::time::Duration::from_millis(200))
-            .is_err());
+        assert!(rx.recv_timeout(std::time::Duration::from_millis(200)).is_err());
         drop(store);
         rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
         t.join().unwrap();

@@ -52,11 +52,7 @@ impl Netlink {
             );
         }
         // Pods' IPv6 addresses are unique by allocation: skip the DAD delay.
-        let flags = if addr.is_ipv4() {
-            IfaF::empty()
-        } else {
-            IfaF::NODAD
-        };
+        let flags = if addr.is_ipv4() { IfaF::empty() } else { IfaF::NODAD };
         let msg = IfaddrmsgBuilder::default()
             .ifa_family(family(addr.addr))
             .ifa_prefixlen(addr.prefix)
@@ -81,22 +77,15 @@ impl Netlink {
             .ifa_index(0)
             .build()
             .map_err(|e| anyhow!("build ifaddrmsg: {e}"))?;
-        let all: Vec<Ifaddrmsg> = self
-            .query(Rtm::Getaddr, NlmF::DUMP, msg)
-            .context("list addresses")?;
+        let all: Vec<Ifaddrmsg> = self.query(Rtm::Getaddr, NlmF::DUMP, msg).context("list addresses")?;
         Ok(all
             .iter()
             .filter(|m| *m.ifa_index() == index)
             .filter_map(|m| {
                 let handle = m.rtattrs().get_attr_handle();
-                let a = handle
-                    .get_attribute(Ifa::Local)
-                    .or_else(|| handle.get_attribute(Ifa::Address))?;
+                let a = handle.get_attribute(Ifa::Local).or_else(|| handle.get_attribute(Ifa::Address))?;
                 let ip = parse_ip(a.rta_payload().as_ref())?;
-                Some(Cidr {
-                    addr: ip,
-                    prefix: *m.ifa_prefixlen(),
-                })
+                Some(Cidr { addr: ip, prefix: *m.ifa_prefixlen() })
             })
             .collect())
     }

@@ -24,14 +24,13 @@ pub struct Link {
     pub kind: Option<String>,
     pub mac: Option<[u8; 6]>,
     pub master: Option<u32>,
+    /// For a veth: its peer's index (in the peer's namespace).
+    pub peer: Option<u32>,
     pub mtu: u32,
     pub up: bool,
 }
 
-fn attr<T: neli::consts::rtnl::RtaType, P: Size + ToBytes>(
-    ty: T,
-    payload: P,
-) -> Result<Rtattr<T, Buffer>> {
+fn attr<T: neli::consts::rtnl::RtaType, P: Size + ToBytes>(ty: T, payload: P) -> Result<Rtattr<T, Buffer>> {
     RtattrBuilder::default()
         .rta_type(ty)
         .rta_payload(payload)
@@ -50,30 +49,16 @@ fn ifinfo(index: i32, attrs: RtBuffer<Ifla, Buffer>) -> Result<Ifinfomsg> {
 
 fn parse_link(msg: &Ifinfomsg) -> Link {
     let attrs = msg.rtattrs().get_attr_handle();
-    let name = attrs
-        .get_attr_payload_as_with_len::<String>(Ifla::Ifname)
-        .unwrap_or_default();
+    let name = attrs.get_attr_payload_as_with_len::<String>(Ifla::Ifname).unwrap_or_default();
     let kind = attrs
         .get_nested_attributes::<IflaInfo>(Ifla::Linkinfo)
         .ok()
-        .and_then(|info| {
-            info.get_attr_payload_as_with_len::<String>(IflaInfo::Kind)
-                .ok()
-        });
-    let mac = attrs
-        .get_attribute(Ifla::Address)
-        .and_then(|a| <[u8; 6]>::try_from(a.rta_payload().as_ref()).ok());
+        .and_then(|info| info.get_attr_payload_as_with_len::<String>(IflaInfo::Kind).ok());
+    let mac = attrs.get_attribute(Ifla::Address).and_then(|a| <[u8; 6]>::try_from(a.rta_payload().as_ref()).ok());
     let master = attrs.get_attr_payload_as::<u32>(Ifla::Master).ok();
+    let peer = attrs.get_attr_payload_as::<u32>(Ifla::Link).ok();
     let mtu = attrs.get_attr_payload_as::<u32>(Ifla::Mtu).unwrap_or(0);
-    Link {
-        index: *msg.ifi_index() as u32,
-        name,
-        kind,
-        mac,
-        master,
-        mtu,
-        up: msg.ifi_flags().contains(Iff::UP),
-    }
+    Link { index: *msg.ifi_index() as u32, name, kind, mac, master, peer, mtu, up: msg.ifi_flags().contains(Iff::UP) }
 }
 
 impl Netlink {
@@ -81,13 +66,7 @@ impl Netlink {
     pub fn link_by_name(&self, name: &str) -> Result<Option<Link>> {
         let mut attrs = RtBuffer::new();
         attrs.push(attr(Ifla::Ifname, name)?);
-        self.get_link(ifinfo(0, attrs)?)
-            .with_context(|| format!("look up link {name}"))
-    }
-
-    pub fn link_by_index(&self, index: u32) -> Result<Option<Link>> {
-        self.get_link(ifinfo(index as i32, RtBuffer::new())?)
-            .with_context(|| format!("look up link {index}"))
+        self.get_link(ifinfo(0, attrs)?).with_context(|| format!("look up link {name}"))
     }
 
     fn get_link(&self, msg: Ifinfomsg) -> Result<Option<Link>> {
@@ -112,16 +91,21 @@ impl Netlink {
     }
 
     /// Creates a veth pair whose `peer` end is born inside the namespace
-    /// `peer_netns_fd` (so its name never clashes with host links).
+    /// `peer_netns_fd` (so its name never clashes with host links), with
+    /// `peer_mac` when given.
     pub fn create_veth(
         &self,
         host: &str,
         peer: &str,
         peer_netns_fd: i32,
         mtu: Option<u32>,
+        peer_mac: Option<[u8; 6]>,
     ) -> Result<()> {
         let mut peer_attrs = RtBuffer::new();
         peer_attrs.push(attr(Ifla::Ifname, peer)?);
+        if let Some(mac) = peer_mac {
+            peer_attrs.push(attr(Ifla::Address, mac)?);
+        }
         peer_attrs.push(attr(Ifla::NetNsFd, peer_netns_fd as u32)?);
         if let Some(mtu) = mtu {
             peer_attrs.push(attr(Ifla::Mtu, mtu)?);
@@ -156,8 +140,7 @@ impl Netlink {
             .up()
             .build()
             .map_err(|e| anyhow!("build ifinfomsg: {e}"))?;
-        self.request(Rtm::Setlink, NlmF::empty(), msg)
-            .with_context(|| format!("set link {index} up"))
+        self.request(Rtm::Setlink, NlmF::empty(), msg).with_context(|| format!("set link {index} up"))
     }
 
     /// Deletes the link; Ok(false) when it did not exist.

@@ -34,9 +34,7 @@ impl Netlink {
     pub fn connect() -> Result<Self> {
         let (router, _) = NlRouter::connect(NlFamily::Route, None, Groups::empty())
             .map_err(|e| anyhow!("open rtnetlink socket: {e}"))?;
-        router
-            .enable_ext_ack(true)
-            .map_err(|e| anyhow!("enable netlink extended ack: {e}"))?;
+        router.enable_ext_ack(true).map_err(|e| anyhow!("enable netlink extended ack: {e}"))?;
         Ok(Netlink { router })
     }
 
@@ -65,10 +63,7 @@ impl Netlink {
     where
         P: Size + ToBytes + FromBytesWithInput<Input = usize> + Debug,
     {
-        let recv = self
-            .router
-            .send::<Rtm, P, Rtm, P>(ty, flags, NlPayload::Payload(payload))
-            .map_err(kernel_error)?;
+        let recv = self.router.send::<Rtm, P, Rtm, P>(ty, flags, NlPayload::Payload(payload)).map_err(kernel_error)?;
         let mut out = Vec::new();
         for msg in recv {
             if let NlPayload::Payload(p) = msg.map_err(kernel_error)?.nl_payload() {
@@ -85,12 +80,10 @@ where
     P: Size + ToBytes + FromBytesWithInput<Input = usize>,
 {
     let mut buf = io::Cursor::new(Vec::new());
-    p.to_bytes(&mut buf)
-        .map_err(|e| anyhow!("serialize netlink payload: {e}"))?;
+    p.to_bytes(&mut buf).map_err(|e| anyhow!("serialize netlink payload: {e}"))?;
     let bytes = buf.into_inner();
     let len = bytes.len();
-    P::from_bytes_with_input(&mut io::Cursor::new(bytes), len)
-        .map_err(|e| anyhow!("parse netlink payload: {e}"))
+    P::from_bytes_with_input(&mut io::Cursor::new(bytes), len).map_err(|e| anyhow!("parse netlink payload: {e}"))
 }
 
 /// The kernel's errno as an `io::Error` (so `downcast_ref` finds it), other
@@ -104,16 +97,11 @@ fn kernel_error<T: Debug, P: Debug>(e: RouterError<T, P>) -> anyhow::Error {
 
 /// The errno carried by an error from this module, if any.
 pub fn errno(e: &anyhow::Error) -> Option<i32> {
-    e.chain()
-        .find_map(|c| c.downcast_ref::<io::Error>())
-        .and_then(io::Error::raw_os_error)
+    e.chain().find_map(|c| c.downcast_ref::<io::Error>()).and_then(io::Error::raw_os_error)
 }
 
 pub fn is_not_found(e: &anyhow::Error) -> bool {
-    matches!(
-        errno(e),
-        Some(libc_errno::ENODEV) | Some(libc_errno::ENOENT) | Some(libc_errno::ESRCH)
-    )
+    matches!(errno(e), Some(libc_errno::ENODEV) | Some(libc_errno::ENOENT) | Some(libc_errno::ESRCH))
 }
 
 pub fn is_exists(e: &anyhow::Error) -> bool {

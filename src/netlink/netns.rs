@@ -33,19 +33,14 @@ impl Netns {
     pub fn open(path: &Path) -> Result<Self> {
         let file = match File::open(path) {
             Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(NetnsMissing(path.to_path_buf()).into())
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(NetnsMissing(path.to_path_buf()).into()),
             Err(e) => return Err(e).with_context(|| format!("open netns {}", path.display())),
         };
         let fs = fstatfs(&file).with_context(|| format!("statfs {}", path.display()))?;
         if fs.filesystem_type().0 as i64 != NSFS_MAGIC {
             bail!("{} is not a network namespace", path.display());
         }
-        Ok(Netns {
-            file,
-            path: path.to_path_buf(),
-        })
+        Ok(Netns { file, path: path.to_path_buf() })
     }
 
     pub fn path(&self) -> &Path {
@@ -61,8 +56,7 @@ impl Netns {
         let fd: BorrowedFd<'_> = self.file.as_fd();
         std::thread::scope(|s| {
             s.spawn(|| -> Result<T> {
-                setns(fd, CloneFlags::CLONE_NEWNET)
-                    .with_context(|| format!("enter netns {}", self.path.display()))?;
+                setns(fd, CloneFlags::CLONE_NEWNET).with_context(|| format!("enter netns {}", self.path.display()))?;
                 Ok(f())
             })
             .join()

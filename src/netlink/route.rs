@@ -13,7 +13,7 @@ use neli::{
     Size, ToBytes,
 };
 
-use super::addr::{family, ip_bytes};
+use super::addr::{family, ip_bytes, parse_ip};
 use super::Netlink;
 use crate::ipam::Cidr;
 
@@ -37,11 +37,7 @@ impl Netlink {
             attrs.push(rta(Rta::Gateway, ip_bytes(gw))?);
         }
         attrs.push(rta(Rta::Oif, oif)?);
-        let scope = if gateway.is_some() {
-            RtScope::Universe
-        } else {
-            RtScope::Link
-        };
+        let scope = if gateway.is_some() { RtScope::Universe } else { RtScope::Link };
         let msg = RtmsgBuilder::default()
             .rtm_family(family(dst.addr))
             .rtm_dst_len(dst.prefix)
@@ -59,5 +55,39 @@ impl Netlink {
             Err(e) if super::is_exists(&e) => Ok(()),
             other => other.with_context(|| format!("add route {dst}{via} dev {oif}")),
         }
+    }
+}
+
+impl Netlink {
+    /// Main-table routes out of link `oif`: (destination, gateway).
+    pub fn routes(&self, oif: u32) -> Result<Vec<(Cidr, Option<IpAddr>)>> {
+        let msg = RtmsgBuilder::default()
+            .rtm_family(neli::consts::rtnl::RtAddrFamily::Unspecified)
+            .rtm_dst_len(0)
+            .rtm_src_len(0)
+            .rtm_tos(0)
+            .rtm_table(RtTable::Unspec)
+            .rtm_protocol(Rtprot::Unspec)
+            .rtm_scope(RtScope::Universe)
+            .rtm_type(Rtn::Unspec)
+            .build()
+            .map_err(|e| anyhow!("build rtmsg: {e}"))?;
+        let all = self.query(Rtm::Getroute, NlmF::DUMP, msg).context("list routes")?;
+        let mut out = Vec::new();
+        for m in all.iter().filter(|m| *m.rtm_table() == RtTable::Main) {
+            let attrs = m.rtattrs().get_attr_handle();
+            if attrs.get_attr_payload_as::<u32>(Rta::Oif).ok() != Some(oif) {
+                continue;
+            }
+            let any = if *m.rtm_family() == neli::consts::rtnl::RtAddrFamily::Inet6 {
+                IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
+            } else {
+                IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
+            };
+            let dst = attrs.get_attribute(Rta::Dst).and_then(|a| parse_ip(a.rta_payload().as_ref())).unwrap_or(any);
+            let gw = attrs.get_attribute(Rta::Gateway).and_then(|a| parse_ip(a.rta_payload().as_ref()));
+            out.push((Cidr { addr: dst, prefix: *m.rtm_dst_len() }, gw));
+        }
+        Ok(out)
     }
 }

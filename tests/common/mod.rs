@@ -31,11 +31,7 @@ pub fn privileged() -> bool {
 }
 
 pub fn sh(cmd: &str) -> Output {
-    Command::new("sh")
-        .arg("-c")
-        .arg(cmd)
-        .output()
-        .expect("run sh")
+    Command::new("sh").arg("-c").arg(cmd).output().expect("run sh")
 }
 
 pub fn link_exists(name: &str) -> bool {
@@ -75,10 +71,7 @@ impl Pod {
     }
 
     pub fn host_veth(&self) -> String {
-        self.result["interfaces"][1]["name"]
-            .as_str()
-            .unwrap()
-            .to_string()
+        self.result["interfaces"][1]["name"].as_str().unwrap().to_string()
     }
 
     pub fn ping(&self, ip: IpAddr, count: u32) -> bool {
@@ -87,10 +80,7 @@ impl Pod {
 
     /// Pings with `size` bytes of payload; true when every reply came back.
     pub fn ping_sized(&self, ip: IpAddr, count: u32, size: u32) -> bool {
-        let out = sh(&format!(
-            "ip netns exec {} ping -q -c {count} -i 0.05 -W 2 -s {size} {ip}",
-            self.netns
-        ));
+        let out = sh(&format!("ip netns exec {} ping -q -c {count} -i 0.05 -W 2 -s {size} {ip}", self.netns));
         out.status.success()
     }
 
@@ -118,8 +108,7 @@ pub fn tcp_echo(server: &Pod, client: &Pod, port: u16) -> String {
         s.write_all(b"pong!").expect("server write");
     });
     let reply = client.run_in(move || {
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-            .expect("connect from client pod");
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect from client pod");
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         s.write_all(b"ping!").unwrap();
         let mut buf = [0u8; 5];
@@ -132,11 +121,7 @@ pub fn tcp_echo(server: &Pod, client: &Pod, port: u16) -> String {
 
 impl Pod {
     fn ip_is_v6_only(&self) -> bool {
-        !self.result["ips"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|i| !i["address"].as_str().unwrap().contains(':'))
+        !self.result["ips"].as_array().unwrap().iter().any(|i| !i["address"].as_str().unwrap().contains(':'))
     }
 }
 
@@ -175,46 +160,21 @@ impl TestNet {
                 conf[k] = v.clone();
             }
         }
-        TestNet {
-            name,
-            bridge,
-            data_dir,
-            pin_path,
-            conf,
-            pods: Vec::new(),
-            netns: Vec::new(),
-        }
+        TestNet { name, bridge, data_dir, pin_path, conf, pods: Vec::new(), netns: Vec::new() }
     }
 
     pub fn new_netns(&mut self, name: &str) -> String {
         let ns = format!("{}-{name}", self.name);
         let _ = sh(&format!("ip netns del {ns} 2>/dev/null"));
         let out = sh(&format!("ip netns add {ns}"));
-        assert!(
-            out.status.success(),
-            "ip netns add {ns}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "ip netns add {ns}: {}", String::from_utf8_lossy(&out.stderr));
         self.netns.push(ns.clone());
         ns
     }
 
     /// Calls the plugin as a runtime would.
-    pub fn cni(
-        &self,
-        command: &str,
-        conf: &Value,
-        container_id: &str,
-        netns: Option<&str>,
-        ifname: &str,
-    ) -> Output {
-        self.cni_raw(
-            command,
-            conf.to_string().as_bytes(),
-            container_id,
-            netns,
-            ifname,
-        )
+    pub fn cni(&self, command: &str, conf: &Value, container_id: &str, netns: Option<&str>, ifname: &str) -> Output {
+        self.cni_raw(command, conf.to_string().as_bytes(), container_id, netns, ifname)
     }
 
     pub fn cni_raw(
@@ -248,13 +208,7 @@ impl TestNet {
     pub fn add_pod(&mut self, name: &str) -> Pod {
         let netns = self.new_netns(name);
         let container_id = format!("{}-{name}-0123456789", self.name);
-        let out = self.cni(
-            "ADD",
-            &self.conf.clone(),
-            &container_id,
-            Some(&format!("/run/netns/{netns}")),
-            "eth0",
-        );
+        let out = self.cni("ADD", &self.conf.clone(), &container_id, Some(&format!("/run/netns/{netns}")), "eth0");
         assert!(
             out.status.success(),
             "ADD {name} failed: stdout={} stderr={}",
@@ -262,68 +216,33 @@ impl TestNet {
             String::from_utf8_lossy(&out.stderr)
         );
         let result: Value = serde_json::from_slice(&out.stdout).expect("ADD result is JSON");
-        self.pods
-            .push((netns.clone(), container_id.clone(), "eth0".into()));
-        Pod {
-            netns,
-            container_id,
-            ifname: "eth0".into(),
-            result,
-        }
+        self.pods.push((netns.clone(), container_id.clone(), "eth0".into()));
+        Pod { netns, container_id, ifname: "eth0".into(), result }
     }
 
     pub fn del_pod(&self, pod: &Pod) -> Output {
-        self.cni(
-            "DEL",
-            &self.conf,
-            &pod.container_id,
-            Some(&pod.netns_path()),
-            &pod.ifname,
-        )
+        self.cni("DEL", &self.conf, &pod.container_id, Some(&pod.netns_path()), &pod.ifname)
     }
 
     /// `ebpfcni maps dump <map> --json` for this network.
     pub fn dump(&self, map: &str) -> Vec<Value> {
         let out = Command::new(BIN)
-            .args([
-                "maps",
-                "dump",
-                map,
-                "--json",
-                "--network",
-                &self.name,
-                "--pin-path",
-            ])
+            .args(["maps", "dump", map, "--json", "--network", &self.name, "--pin-path"])
             .arg(&self.pin_path)
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "maps dump {map}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice::<Value>(&out.stdout)
-            .unwrap()
-            .as_array()
-            .unwrap()
-            .clone()
+        assert!(out.status.success(), "maps dump {map}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<Value>(&out.stdout).unwrap().as_array().unwrap().clone()
     }
 
     pub fn stats_of(&self, ip: IpAddr) -> Value {
-        self.dump("stats")
-            .into_iter()
-            .find(|s| s["ip"] == json!(ip))
-            .unwrap_or(json!({}))
+        self.dump("stats").into_iter().find(|s| s["ip"] == json!(ip)).unwrap_or(json!({}))
     }
 
     pub fn lease_files(&self) -> Vec<String> {
         let dir = self.data_dir.join(&self.name);
         let mut v: Vec<String> = std::fs::read_dir(dir)
-            .map(|d| {
-                d.filter_map(|e| e.ok())
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
+            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
             .unwrap_or_default();
         v.retain(|n| n.parse::<IpAddr>().is_ok());
         v
@@ -331,11 +250,7 @@ impl TestNet {
 
     pub fn link_pins(&self) -> Vec<String> {
         std::fs::read_dir(self.pin_path.join(&self.name).join("links"))
-            .map(|d| {
-                d.filter_map(|e| e.ok())
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
+            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
             .unwrap_or_default()
     }
 }
@@ -343,13 +258,7 @@ impl TestNet {
 impl Drop for TestNet {
     fn drop(&mut self) {
         for (netns, id, ifname) in &self.pods {
-            let _ = self.cni(
-                "DEL",
-                &self.conf,
-                id,
-                Some(&format!("/run/netns/{netns}")),
-                ifname,
-            );
+            let _ = self.cni("DEL", &self.conf, id, Some(&format!("/run/netns/{netns}")), ifname);
         }
         for ns in &self.netns {
             let _ = sh(&format!("ip netns del {ns} 2>/dev/null"));

@@ -1,0 +1,84 @@
+//! GC (spec 1.1): releases every lease, endpoint entry, counter, TCX link
+//! pin and veth whose attachment is not in `cni.dev/valid-attachments`.
+//! `lock` and `last_reserved_ip.*` stay; lease files holding only a
+//! container ID (older host-local) match on the ID; damaged lease files
+//! belong to no attachment and are removed.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+
+use anyhow::Result;
+
+use super::config::{Attachment, NetConf};
+use super::error::{CniError, INVALID_CONFIG};
+use super::host_veth_name;
+use crate::datapath::{self, Maps};
+use crate::ipam::{DiskStore, LeaseStore};
+use crate::netlink::Netlink;
+
+/// Returns the released addresses.
+pub fn gc(conf: &NetConf) -> Result<Vec<IpAddr>> {
+    let valid = conf
+        .valid_attachments
+        .as_ref()
+        .ok_or_else(|| CniError::error(INVALID_CONFIG, "GC needs cni.dev/valid-attachments"))?;
+    let is_valid = |id: &str, ifname: &str| {
+        valid.iter().any(|a: &Attachment| a.container_id == id && (ifname.is_empty() || a.ifname == ifname))
+    };
+    let valid_veths: HashSet<String> = valid.iter().map(|a| host_veth_name(&a.container_id, &a.ifname)).collect();
+
+    let mut store = DiskStore::open(&conf.data_dir, &conf.name)?;
+    let host = Netlink::connect()?;
+    let dir = datapath::network_dir(&conf.bpf_pin_path, &conf.name);
+    let maps = Maps::open_if_pinned(&dir)?;
+
+    let mut released = Vec::new();
+    for lease in store.leases()? {
+        if is_valid(&lease.container_id, &lease.ifname) {
+            continue;
+        }
+        if !lease.ifname.is_empty() {
+            let veth = host_veth_name(&lease.container_id, &lease.ifname);
+            datapath::detach(&dir, &veth)?;
+            host.delete_link(&veth)?;
+        }
+        store.release(lease.ip)?;
+        released.push(lease.ip);
+    }
+    for ip in store.unreadable()? {
+        eprintln!("ebpfcni: GC: removing unreadable lease file for {ip}");
+        store.release(ip)?;
+        released.push(ip);
+    }
+    let kept: HashSet<IpAddr> = store.leases()?.iter().map(|l| l.ip).collect();
+
+    // Attachments whose lease is already gone (a crashed ADD or DEL).
+    for pin in pinned_links(&dir) {
+        if !valid_veths.contains(&pin) {
+            datapath::detach(&dir, &pin)?;
+            host.delete_link(&pin)?;
+        }
+    }
+    if let Some(maps) = maps {
+        for ep in maps.endpoints()? {
+            if !kept.contains(&ep.ip) {
+                maps.remove_endpoint(ep.ip)?;
+            }
+        }
+        for st in maps.stats()? {
+            if !kept.contains(&st.ip) {
+                maps.remove_stats(st.ip)?;
+            }
+        }
+    }
+    Ok(released)
+}
+
+fn pinned_links(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir.join("links"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}

@@ -1,0 +1,46 @@
+//! STATUS (spec 1.1): succeeds only when an ADD would: kernel BTF, bpffs,
+//! the program pinned or loadable, and an address left in every range set.
+//! Otherwise code 50 naming everything that is missing. Changes nothing.
+
+use std::path::Path;
+
+use anyhow::Result;
+
+use super::config::NetConf;
+use super::error::{CniError, NOT_READY};
+use crate::datapath::{self, Datapath};
+use crate::ipam::{self, DiskStore};
+
+pub fn status(conf: &NetConf) -> Result<()> {
+    let mut missing = Vec::new();
+    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+        missing.push("kernel BTF (/sys/kernel/btf/vmlinux) is missing".to_string());
+    }
+    if !datapath::bpffs_available(&conf.bpf_pin_path) {
+        missing.push(format!("bpfPinPath {} is not on a bpf filesystem", conf.bpf_pin_path.display()));
+    } else {
+        match Datapath::open_pinned(&conf.bpf_pin_path, &conf.name) {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                if let Err(e) = datapath::probe_load() {
+                    missing.push(format!("the BPF program cannot be loaded: {e:#}"));
+                }
+            }
+            Err(e) => missing.push(format!("the pinned datapath cannot be opened: {e:#}")),
+        }
+    }
+    if conf.data_dir.join(&conf.name).is_dir() {
+        let store = DiskStore::open(&conf.data_dir, &conf.name)?;
+        for set in &conf.rangesets {
+            if !ipam::has_free(&store, set)? {
+                let ranges: Vec<String> = set.iter().map(|r| format!("{}-{}", r.start, r.end)).collect();
+                missing.push(format!("no free address left in {}", ranges.join(", ")));
+            }
+        }
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(CniError::error(NOT_READY, format!("not ready: {}", missing.join("; "))))
+    }
+}
