@@ -6,15 +6,6 @@ mod common;
 use common::*;
 use serde_json::{json, Value};
 
-fn error_json(out: &std::process::Output) -> Value {
-    assert!(!out.status.success(), "expected failure, got {}", String::from_utf8_lossy(&out.stdout));
-    let v: Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("stdout is not the error JSON ({e}): {:?}", String::from_utf8_lossy(&out.stdout)));
-    assert!(v["msg"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
-    assert!(v["cniVersion"].is_string(), "{v}");
-    v
-}
-
 /// Nothing of `net` remains: no lease, endpoint, link pin, veth.
 fn assert_nothing_left(net: &TestNet, host_veths: &[String]) {
     assert_eq!(net.lease_files(), Vec::<String>::new(), "leases left");
@@ -157,7 +148,7 @@ fn failed_add_rolls_back_and_del_after_it_succeeds() {
     let err = error_json(&out);
     assert!(err["msg"].as_str().unwrap().contains("not a bridge"), "{err}");
     assert!(net.lease_files().is_empty(), "lease kept after failed ADD: {:?}", net.lease_files());
-    let veth = ebpfcni_host_veth("c-rollback");
+    let veth = host_veth_of("c-rollback");
     assert!(!link_exists(&veth));
     // The runtime calls DEL after a failed ADD: it must succeed.
     let out = net.cni("DEL", &net.conf, "c-rollback", Some(&format!("/run/netns/{ns}")), "eth0");
@@ -173,15 +164,7 @@ fn failed_add_rolls_back_and_del_after_it_succeeds() {
     let out = small.cni("ADD", &small.conf, "c-second", Some(&format!("/run/netns/{ns}")), "eth0");
     assert_eq!(error_json(&out)["code"], 11);
     assert_eq!(small.lease_files(), vec!["10.251.25.2".to_string()]);
-    assert!(!link_exists(&ebpfcni_host_veth("c-second")));
-}
-
-/// The plugin's naming of host veths, recomputed (FNV-1a of id\0ifname).
-fn ebpfcni_host_veth(container_id: &str) -> String {
-    let h = format!("{container_id}\0eth0")
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3));
-    format!("veth{:011x}", h & 0xfff_ffff_ffff)
+    assert!(!link_exists(&host_veth_of("c-second")));
 }
 
 #[test]

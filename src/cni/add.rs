@@ -116,7 +116,7 @@ fn add_in_scope<'s, 'e>(
 fn ensure_bridge(host: &Netlink, conf: &NetConf, allocs: &[Allocation]) -> Result<Link> {
     let existing = host.link_by_name(&conf.bridge)?;
     if existing.is_none() {
-        match host.create_bridge(&conf.bridge, conf.mtu) {
+        match host.create_bridge(&conf.bridge, bridge_mac(&conf.bridge), conf.mtu) {
             // Another ADD created it meanwhile.
             Err(e) if crate::netlink::is_exists(&e) => {}
             other => other?,
@@ -137,6 +137,13 @@ fn ensure_bridge(host: &Netlink, conf: &NetConf, allocs: &[Allocation]) -> Resul
         host.set_up(bridge.index)?;
     }
     Ok(bridge)
+}
+
+/// A locally administered unicast MAC derived from the bridge's name:
+/// stable across nodes' reboots and plugin versions.
+fn bridge_mac(name: &str) -> [u8; 6] {
+    let h = crate::fnv::fnv1a64(name.as_bytes()).to_be_bytes();
+    [0x02, h[0], h[1], h[2], h[3], h[4]]
 }
 
 fn default_route(like: IpAddr) -> Cidr {

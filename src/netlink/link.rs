@@ -77,11 +77,15 @@ impl Netlink {
         }
     }
 
-    pub fn create_bridge(&self, name: &str, mtu: Option<u32>) -> Result<()> {
+    /// Creates a bridge with a fixed MAC: a bridge left to choose takes
+    /// its lowest port's address, so the gateway's MAC would change as pods
+    /// come and go and leave stale ARP entries in every pod.
+    pub fn create_bridge(&self, name: &str, mac: [u8; 6], mtu: Option<u32>) -> Result<()> {
         let mut info = RtBuffer::new();
         info.push(attr(IflaInfo::Kind, "bridge")?);
         let mut attrs = RtBuffer::new();
         attrs.push(attr(Ifla::Ifname, name)?);
+        attrs.push(attr(Ifla::Address, mac)?);
         if let Some(mtu) = mtu {
             attrs.push(attr(Ifla::Mtu, mtu)?);
         }

@@ -96,10 +96,14 @@ impl Pod {
     }
 }
 
-/// A TCP round trip: `server` listens, `client` connects and exchanges a
-/// message. Returns what the client read back.
+/// A TCP round trip over IPv4: `server` listens, `client` connects and
+/// exchanges a message. Returns what the client read back.
 pub fn tcp_echo(server: &Pod, client: &Pod, port: u16) -> String {
-    let addr = SocketAddr::new(server.ip(if client.ip_is_v6_only() { 6 } else { 4 }), port);
+    tcp_echo_on(server, client, server.ip(4), port)
+}
+
+pub fn tcp_echo_on(server: &Pod, client: &Pod, ip: IpAddr, port: u16) -> String {
+    let addr = SocketAddr::new(ip, port);
     let listener = server.run_in(move || TcpListener::bind(addr).expect("bind in server pod"));
     let srv = std::thread::spawn(move || {
         let (mut s, _) = listener.accept().expect("accept");
@@ -117,12 +121,6 @@ pub fn tcp_echo(server: &Pod, client: &Pod, port: u16) -> String {
     });
     srv.join().unwrap();
     reply
-}
-
-impl Pod {
-    fn ip_is_v6_only(&self) -> bool {
-        !self.result["ips"].as_array().unwrap().iter().any(|i| !i["address"].as_str().unwrap().contains(':'))
-    }
 }
 
 /// One test's private network: unique bridge, subnet, dataDir, pin path.
@@ -185,6 +183,19 @@ impl TestNet {
         netns: Option<&str>,
         ifname: &str,
     ) -> Output {
+        self.cni_full(command, stdin, container_id, netns, ifname, &[])
+    }
+
+    /// The general form, with extra environment (CNI_ARGS, say).
+    pub fn cni_full(
+        &self,
+        command: &str,
+        stdin: &[u8],
+        container_id: &str,
+        netns: Option<&str>,
+        ifname: &str,
+        extra_env: &[(&str, &str)],
+    ) -> Output {
         let mut cmd = Command::new(BIN);
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -197,6 +208,9 @@ impl TestNet {
             .stderr(Stdio::piped());
         if let Some(ns) = netns {
             cmd.env("CNI_NETNS", ns);
+        }
+        for (k, v) in extra_env {
+            cmd.env(k, v);
         }
         let mut child = cmd.spawn().expect("spawn ebpfcni");
         // The plugin may refuse early and close stdin: ignore EPIPE.
@@ -218,6 +232,18 @@ impl TestNet {
         let result: Value = serde_json::from_slice(&out.stdout).expect("ADD result is JSON");
         self.pods.push((netns.clone(), container_id.clone(), "eth0".into()));
         Pod { netns, container_id, ifname: "eth0".into(), result }
+    }
+
+    /// Any command with this pod's identity (a retried ADD, a CHECK …).
+    pub fn again(&self, command: &str, conf: &Value, pod: &Pod) -> Output {
+        self.cni(command, conf, &pod.container_id, Some(&pod.netns_path()), &pod.ifname)
+    }
+
+    /// This network's config with `prevResult` set.
+    pub fn with_prev(&self, prev: &Value) -> Value {
+        let mut c = self.conf.clone();
+        c["prevResult"] = prev.clone();
+        c
     }
 
     pub fn del_pod(&self, pod: &Pod) -> Output {
@@ -267,4 +293,37 @@ impl Drop for TestNet {
         let _ = std::fs::remove_dir_all(&self.data_dir);
         let _ = std::fs::remove_dir_all(&self.pin_path);
     }
+}
+
+/// The spec's error JSON from a failed call (asserting that it failed).
+pub fn error_json(out: &Output) -> Value {
+    assert!(!out.status.success(), "expected failure, got {}", String::from_utf8_lossy(&out.stdout));
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not the error JSON ({e}): {:?}", String::from_utf8_lossy(&out.stdout)));
+    assert!(v["msg"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+    assert!(v["cniVersion"].is_string(), "{v}");
+    v
+}
+
+pub fn ok(out: Output) -> Output {
+    assert!(
+        out.status.success(),
+        "call failed: stdout={} stderr={}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+pub fn netns_sh(netns: &str, cmd: &str) -> String {
+    String::from_utf8_lossy(&sh(&format!("ip netns exec {netns} {cmd}")).stdout).into_owned()
+}
+
+/// The plugin's name for a pod's host veth, recomputed independently
+/// (FNV-1a of "containerID\0ifname", 11 hex digits after "veth").
+pub fn host_veth_of(container_id: &str) -> String {
+    let h = format!("{container_id}\0eth0")
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3));
+    format!("veth{:011x}", h & 0xfff_ffff_ffff)
 }
