@@ -2,11 +2,12 @@
 # Installs the Debian packages ebpfcni needs to build, test, demo and
 # benchmark. Idempotent: packages already present are not fetched again.
 #   build: clang (BPF target), llvm, make, pkg-config, libelf-dev, zlib1g-dev
-#   tests/demo: iproute2, iputils-ping, bpftool, containernetworking-plugins
+#   tests/demo: iproute2, iputils-ping, bpftool, containernetworking-plugins,
+#               iptables (for the reference portmap plugin in chaining tests)
 set -euo pipefail
 
 PACKAGES=(clang llvm make gcc pkg-config libelf-dev zlib1g-dev
-          iproute2 iputils-ping bpftool containernetworking-plugins)
+          iproute2 iputils-ping bpftool containernetworking-plugins iptables)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
