@@ -7,6 +7,7 @@ mod datapath;
 mod fnv;
 mod ipam;
 mod netlink;
+mod policy;
 
 fn main() {
     match std::env::var("CNI_COMMAND") {

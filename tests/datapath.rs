@@ -171,9 +171,15 @@ fn program_is_loaded_once_and_replaced_safely() {
     assert_eq!(prog_pins(), pinned, "old program pin must be gone, new one in place");
     let new_id = prog_id(&pinned[0]);
     assert_ne!(new_id, first_id);
-    let link = sh(&format!("bpftool -j link show pinned {}", dir.join("links").join(a.host_veth()).display()));
-    let link: Value = serde_json::from_slice(&link.stdout).unwrap();
-    assert_eq!(link["prog_id"].to_string(), new_id, "pod a's link still runs the old program: {link}");
+    let link_prog = |side: &str| -> String {
+        let pin = dir.join("links").join(a.host_veth()).join(side);
+        let out = sh(&format!("bpftool -j link show pinned {}", pin.display()));
+        let link: Value = serde_json::from_slice(&out.stdout).unwrap_or(json!({}));
+        link["prog_id"].to_string()
+    };
+    assert_eq!(link_prog("ingress"), new_id, "pod a's ingress link still runs the old program");
+    let to_pod_pin = pinned[0].replace("from_pod_", "to_pod_");
+    assert_eq!(link_prog("egress"), prog_id(&to_pod_pin), "pod a's egress link runs another program");
     let before = net.stats_of(a.ip(4))["redirected"].as_u64().unwrap_or(0);
     assert!(a.ping(b.ip(4), 3) && a.ping(c.ip(4), 3));
     assert!(net.stats_of(a.ip(4))["redirected"].as_u64().unwrap() >= before + 6);

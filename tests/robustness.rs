@@ -156,12 +156,13 @@ fn attach_refused_rolls_everything_back() {
     let mut net = TestNet::new("refused", 63, json!({"attachMode": "tcx"}));
     let _other = net.add_pod("other");
     // Something that is not ours sits where the pod's link pin must go.
-    let blocker = net.pin_path.join(&net.name).join("links").join(host_veth_of("refused-pod"));
-    std::fs::create_dir(&blocker).unwrap();
+    let blocker = net.pin_path.join(&net.name).join("links").join(host_veth_of("refused-pod")).join("ingress");
+    std::fs::create_dir_all(&blocker).unwrap();
     let ns = net.new_netns("p");
     let err = error_json(&net.cni("ADD", &net.conf, "refused-pod", Some(&format!("/run/netns/{ns}")), "eth0"));
     assert!(err["details"].as_str().unwrap().contains("pin tcx link"), "{err}");
     std::fs::remove_dir(&blocker).unwrap();
+    std::fs::remove_dir(blocker.parent().unwrap()).unwrap();
     assert_eq!(net.lease_files().len(), 1, "the refused pod kept its lease");
     assert_eq!(net.dump("endpoints").len(), 1);
     assert!(!link_exists(&host_veth_of("refused-pod")));

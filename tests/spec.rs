@@ -45,7 +45,7 @@ fn check_verifies_every_piece_add_made() {
     ok(net.again("ADD", &net.conf, &a));
 
     // The program detached (its link pin removed).
-    std::fs::remove_file(net.pin_path.join(&net.name).join("links").join(a.host_veth())).unwrap();
+    std::fs::remove_file(net.pin_path.join(&net.name).join("links").join(a.host_veth()).join("ingress")).unwrap();
     assert!(check_error(&net, &a, &prev).contains("no TCX link"));
     ok(net.again("ADD", &net.conf, &a));
     ok(net.again("CHECK", &net.with_prev(&prev), &a));

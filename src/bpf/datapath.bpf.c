@@ -1,8 +1,12 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
-/* The pod datapath: attached to the ingress of every pod's host veth, so it
- * sees each packet the pod sends. A packet for another pod on this node is
- * delivered straight into that pod with bpf_redirect_peer; anything else
- * continues to the bridge and the host. */
+/* The pod datapath, two programs per pod's host veth:
+ *  from_pod (ingress of the host veth: what the pod sends) stops spoofed
+ *    traffic, applies policy, counts, and delivers a packet for another pod
+ *    of this node straight into it with bpf_redirect_peer; anything else
+ *    continues to the bridge and the host.
+ *  to_pod (egress of the host veth: what enters the pod from the bridge or
+ *    the host) applies the pod's ingress policy to traffic that did not
+ *    come through a from_pod. */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
@@ -13,8 +17,6 @@
 #define TC_ACT_OK 0
 #define TC_ACT_SHOT 2
 #define TC_ACT_REDIRECT 7
-#define ETH_P_IP 0x0800
-#define ETH_P_IPV6 0x86DD
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -24,6 +26,13 @@ struct {
 } endpoints SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, struct pod_info);
+} pods SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(max_entries, 65536);
 	__type(key, struct ip_key);
@@ -31,107 +40,233 @@ struct {
 } stats SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 131072);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct ipcache_key);
+	__type(value, struct ipcache_value);
+} ipcache SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
-	__type(key, struct iprule_key);
-	__type(value, struct iprule_value);
+	__uint(max_entries, 262144);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct policy_key);
+	__type(value, struct policy_value);
 } iprules SEC(".maps");
 
-static __always_inline void ip_key_set_v4(struct ip_key *key, __be32 addr)
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct identity_key);
+	__type(value, __u32);
+} identity_flags SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct settings);
+} settings SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct ct_key);
+	__type(value, struct ct_value);
+} conntrack SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+} events SEC(".maps");
+
+/* Puts struct event into the object's BTF, so the skeleton generates the
+ * Rust type the monitor decodes records with (ring buffers carry none). */
+struct event *event_layout __attribute__((unused));
+
+#include "packet.h"
+#include "observe.h"
+#include "policy.h"
+#include "conntrack.h"
+
+static __always_inline struct settings *settings_get(void)
 {
-	__builtin_memset(key->addr, 0, 10);
-	key->addr[10] = 0xff;
-	key->addr[11] = 0xff;
-	__builtin_memcpy(&key->addr[12], &addr, 4);
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&settings, &zero);
 }
 
-/* Fills src and dst from the packet; returns 0 when it is not IP. */
-static __always_inline int packet_parse_addrs(struct __sk_buff *skb, struct ip_key *src,
-					      struct ip_key *dst)
+static __always_inline int policy_active(const struct settings *s)
+{
+	return s && (s->default_deny || (s->flags & SETTINGS_F_POLICY));
+}
+
+static __always_inline int tracing(const struct settings *s)
+{
+	return s && (s->flags & SETTINGS_F_TRACE_FLOWS);
+}
+
+static __always_inline int drop(struct __sk_buff *skb, const struct ip_key *pod, const struct packet *p,
+				__u8 reason, enum count_kind kind, __u8 dir)
+{
+	stats_count(pod, skb->len, kind);
+	event_emit(skb, p, EVENT_DROPPED, reason, dir);
+	return TC_ACT_SHOT;
+}
+
+static __always_inline int mac_equal(const __u8 *a, const __u8 *b)
+{
+	/* clang does not inline memcmp for BPF: compare by hand. */
+	return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3] && a[4] == b[4] && a[5] == b[5];
+}
+
+static __always_inline int owned_by(const struct ip_key *addr, __u32 ifindex)
+{
+	struct endpoint_info *ep = bpf_map_lookup_elem(&endpoints, addr);
+
+	return ep && ep->ifindex == ifindex;
+}
+
+/* ARP must speak for the pod itself: its MAC as sender, and its own
+ * address (or none, for probes) as sender address. */
+static __always_inline int arp_is_honest(struct __sk_buff *skb, const struct pod_info *pod)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
-	struct ethhdr *eth = data;
+	/* ethhdr (14) + arphdr (8) + sha (6) + spa (4) */
+	__u8 *arp = data + sizeof(struct ethhdr);
+	struct ip_key spa = {};
+	__be32 addr;
 
-	if ((void *)(eth + 1) > data_end)
+	if ((void *)(arp + 8 + 6 + 4) > data_end)
+		return -1;
+	if (!mac_equal(arp + 8, pod->mac))
 		return 0;
-
-	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
-		struct iphdr *ip = (void *)(eth + 1);
-
-		if ((void *)(ip + 1) > data_end)
-			return 0;
-		ip_key_set_v4(src, ip->saddr);
-		ip_key_set_v4(dst, ip->daddr);
+	__builtin_memcpy(&addr, arp + 14, 4);
+	if (!addr)
 		return 1;
-	}
-	if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
-		struct ipv6hdr *ip6 = (void *)(eth + 1);
-
-		if ((void *)(ip6 + 1) > data_end)
-			return 0;
-		__builtin_memcpy(src->addr, &ip6->saddr, 16);
-		__builtin_memcpy(dst->addr, &ip6->daddr, 16);
-		return 1;
-	}
-	return 0;
-}
-
-static __always_inline void stats_count(const struct ip_key *src, __u32 len, int redirected)
-{
-	struct traffic_stats *st = bpf_map_lookup_elem(&stats, src);
-
-	if (!st) {
-		struct traffic_stats zero = {};
-
-		/* BPF_NOEXIST: another CPU may have created it meanwhile. */
-		bpf_map_update_elem(&stats, src, &zero, BPF_NOEXIST);
-		st = bpf_map_lookup_elem(&stats, src);
-		if (!st)
-			return;
-	}
-	/* Per-CPU values: plain increments are race free. */
-	st->packets++;
-	st->bytes += len;
-	if (redirected)
-		st->redirected++;
-	else
-		st->passed++;
+	ip_key_set_v4(&spa, addr);
+	return owned_by(&spa, skb->ifindex);
 }
 
 SEC("tc")
 int from_pod(struct __sk_buff *skb)
 {
-	struct ip_key src = {}, dst = {};
-	struct endpoint_info *self, *ep;
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	__u32 ifindex = skb->ifindex;
+	struct settings *s = settings_get();
+	struct packet p = {};
+	struct pod_info *pod;
+	struct endpoint_info *ep;
 	long verdict;
-	int counted;
+	int parsed;
 
-	if (!packet_parse_addrs(skb, &src, &dst))
-		return TC_ACT_OK; /* ARP and other L2 traffic: the bridge handles it */
+	pod = bpf_map_lookup_elem(&pods, &ifindex);
+	if (!pod) {
+		event_emit(skb, &p, EVENT_DROPPED, REASON_NO_ENDPOINT, DIR_FROM_POD);
+		return TC_ACT_SHOT;
+	}
+	if ((void *)(eth + 1) > data_end)
+		return drop(skb, &pod->addr, &p, REASON_PARSE, COUNT_DROP_PARSE, DIR_FROM_POD);
+	if (!mac_equal(eth->h_source, pod->mac))
+		return drop(skb, &pod->addr, &p, REASON_SPOOFED_MAC, COUNT_DROP_SPOOFED, DIR_FROM_POD);
+	if (eth->h_proto == bpf_htons(ETH_P_ARP)) {
+		int honest = arp_is_honest(skb, pod);
 
-	/* Counters are kept per pod address only: link-local and DAD sources
-	 * would pile up entries that no DEL ever removes. */
-	self = bpf_map_lookup_elem(&endpoints, &src);
-	counted = self && self->ifindex == skb->ifindex;
-
-	ep = bpf_map_lookup_elem(&endpoints, &dst);
-	if (!ep || ep->ifindex == skb->ifindex) {
-		if (counted)
-			stats_count(&src, skb->len, 0);
+		if (honest < 0)
+			return drop(skb, &pod->addr, &p, REASON_PARSE, COUNT_DROP_PARSE, DIR_FROM_POD);
+		if (!honest)
+			return drop(skb, &pod->addr, &p, REASON_SPOOFED_ARP, COUNT_DROP_SPOOFED, DIR_FROM_POD);
 		return TC_ACT_OK;
 	}
 
+	parsed = packet_parse(skb, &p);
+	if (parsed == PARSE_ERROR)
+		return drop(skb, &pod->addr, &p, REASON_PARSE, COUNT_DROP_PARSE, DIR_FROM_POD);
+	if (parsed == PARSE_NOT_IP)
+		return TC_ACT_OK;
+
+	if (!owned_by(&p.src, ifindex)) {
+		/* Link-local and unspecified sources serve neighbour discovery
+		 * and stay on the bridge's segment; any other is a lie. */
+		if (p.family != 6 || !ip_key_is_link_local_or_any(&p.src))
+			return drop(skb, &pod->addr, &p, REASON_SPOOFED_IP, COUNT_DROP_SPOOFED, DIR_FROM_POD);
+		if (p.has_na_target && !owned_by(&p.na_target, ifindex) &&
+		    !ip_key_is_link_local_or_any(&p.na_target))
+			return drop(skb, &pod->addr, &p, REASON_SPOOFED_ND, COUNT_DROP_SPOOFED, DIR_FROM_POD);
+		return TC_ACT_OK;
+	}
+	if (p.has_na_target && !owned_by(&p.na_target, ifindex) && !ip_key_is_link_local_or_any(&p.na_target))
+		return drop(skb, &pod->addr, &p, REASON_SPOOFED_ND, COUNT_DROP_SPOOFED, DIR_FROM_POD);
+
+	if (!p.nd && policy_active(s)) {
+		__u32 set = s->active_set & 1;
+		__u32 src_id = identity_of(&p.src, set);
+		__u32 dst_id = identity_of(&p.dst, set);
+
+		if (!ct_policy_allows(s, &p, src_id, dst_id))
+			return drop(skb, &pod->addr, &p, REASON_POLICY, COUNT_DROP_POLICY, DIR_FROM_POD);
+	}
+
+	/* Sent traffic counts under its source, one of the pod's own
+	 * addresses (verified above); drops count under the pod's first. */
+	ep = bpf_map_lookup_elem(&endpoints, &p.dst);
+	if (!ep || ep->ifindex == ifindex) {
+		stats_count(&p.src, skb->len, COUNT_PASSED);
+		if (tracing(s))
+			event_emit(skb, &p, EVENT_PASSED, REASON_NONE, DIR_FROM_POD);
+		return TC_ACT_OK;
+	}
 	/* The destination pod only accepts frames addressed to its MAC. */
 	if (bpf_skb_store_bytes(skb, offsetof(struct ethhdr, h_dest), ep->mac, 6, 0) < 0) {
-		if (counted)
-			stats_count(&src, skb->len, 0);
+		stats_count(&p.src, skb->len, COUNT_PASSED);
 		return TC_ACT_OK;
 	}
 	verdict = bpf_redirect_peer(ep->ifindex, 0);
-	if (counted)
-		stats_count(&src, skb->len, verdict == TC_ACT_REDIRECT);
-	return verdict == TC_ACT_REDIRECT ? TC_ACT_REDIRECT : TC_ACT_OK;
+	if (verdict != TC_ACT_REDIRECT) {
+		stats_count(&p.src, skb->len, COUNT_PASSED);
+		return TC_ACT_OK;
+	}
+	stats_count(&p.src, skb->len, COUNT_REDIRECTED);
+	if (tracing(s))
+		event_emit(skb, &p, EVENT_REDIRECTED, REASON_NONE, DIR_FROM_POD);
+	return TC_ACT_REDIRECT;
+}
+
+SEC("tc")
+int to_pod(struct __sk_buff *skb)
+{
+	__u32 ifindex = skb->ifindex;
+	struct settings *s = settings_get();
+	struct packet p = {};
+	struct pod_info *pod;
+	int parsed;
+
+	pod = bpf_map_lookup_elem(&pods, &ifindex);
+	if (!pod) {
+		event_emit(skb, &p, EVENT_DROPPED, REASON_NO_ENDPOINT, DIR_TO_POD);
+		return TC_ACT_SHOT;
+	}
+	parsed = packet_parse(skb, &p);
+	if (parsed == PARSE_ERROR)
+		return drop(skb, &pod->addr, &p, REASON_PARSE, COUNT_DROP_PARSE, DIR_TO_POD);
+	if (parsed == PARSE_NOT_IP || p.nd || !policy_active(s))
+		return TC_ACT_OK;
+	{
+		__u32 set = s->active_set & 1;
+		__u32 src_id = identity_of(&p.src, set);
+		__u32 dst_id = identity_of(&p.dst, set);
+
+		if (!ct_policy_allows(s, &p, src_id, dst_id))
+			return drop(skb, &pod->addr, &p, REASON_POLICY, COUNT_DROP_POLICY, DIR_TO_POD);
+	}
+	if (tracing(s))
+		event_emit(skb, &p, EVENT_PASSED, REASON_NONE, DIR_TO_POD);
+	return TC_ACT_OK;
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -1,7 +1,6 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /* Key and value layouts shared by every program and, through the
- * skeleton's generated types, by the Rust side. Change them only together
- * with the maps' pinned versions (see src/datapath/pins.rs). */
+ * skeleton's generated types, by the Rust side (src/datapath/maps.rs). */
 #ifndef EBPFCNI_H
 #define EBPFCNI_H
 
@@ -11,7 +10,7 @@ struct ip_key {
 	__u8 addr[16];
 };
 
-/* endpoint_info.flags: how the program is attached to the host veth. */
+/* endpoints: pod address -> where the pod is. */
 #define ENDPOINT_F_TCX 0x1
 #define ENDPOINT_F_TC 0x2
 
@@ -21,29 +20,135 @@ struct endpoint_info {
 	__u16 flags;
 };
 
-/* Per-CPU counters per source address (a pod address of this node). */
+/* pods: host veth ifindex -> the pod behind it (anti-spoofing, counters). */
+struct pod_info {
+	struct ip_key addr; /* the pod's first address: its counters' key */
+	__u8 mac[6];
+	__u16 pad;
+};
+
+/* stats: per-CPU counters per pod address: what the pod sent, by source
+ * address; drops, under the pod's first address. */
 struct traffic_stats {
-	__u64 packets;
+	__u64 packets;    /* sent by the pod */
 	__u64 bytes;
 	__u64 redirected; /* delivered with bpf_redirect_peer */
 	__u64 passed;     /* handed to the bridge / host stack */
+	__u64 drop_spoofed;
+	__u64 drop_policy;
+	__u64 drop_no_endpoint;
+	__u64 drop_parse;
 };
 
-/* Policy entry: source and destination pod address, L4 protocol and
- * destination port (0 = any). */
-struct iprule_key {
+/* Identities (Cilium's model): what policy speaks of. An address maps to
+ * one identity through the ipcache (longest prefix wins). */
+#define IDENTITY_ANY 0   /* wildcard, in policy keys only */
+#define IDENTITY_WORLD 1 /* no ipcache entry */
+#define IDENTITY_POD_MIN 256
+#define IDENTITY_CIDR_MIN 0x1000000 /* pods below, CIDR prefixes from here */
+
+/* ipcache: LPM trie. prefixlen counts the 32 bits of set+pad, then the
+ * address bits (IPv4 addresses: 96 + prefix length). */
+struct ipcache_key {
+	__u32 prefixlen;
+	__u8 set; /* the policy set (0/1) this entry belongs to */
+	__u8 pad[3];
+	__u8 addr[16];
+};
+
+struct ipcache_value {
+	__u32 identity;
+};
+
+/* policy: one entry allows or denies traffic between two identities.
+ * EGRESS entries: subject = source, peer = destination.
+ * INGRESS entries: subject = destination, peer = source. */
+#define POLICY_EGRESS 1
+#define POLICY_INGRESS 2
+#define VERDICT_NONE 0
+#define VERDICT_ALLOW 1
+#define VERDICT_DENY 2
+
+struct policy_key {
+	__u32 subject;
+	__u32 peer;  /* IDENTITY_ANY: every peer */
+	__u16 dport; /* host order; 0: every port */
+	__u8 proto;  /* 0: every protocol */
+	__u8 dir_set; /* direction | set << 4 */
+};
+
+struct policy_value {
+	__u8 verdict;
+	__u8 pad[3];
+	__u32 rule; /* which rule made it, for listings */
+};
+
+/* identity_flags: per set, which pod identities a policy isolates. */
+#define ISOLATED_INGRESS 0x1
+#define ISOLATED_EGRESS 0x2
+
+struct identity_key {
+	__u32 identity;
+	__u32 set;
+};
+
+/* settings: one entry. */
+#define SETTINGS_F_TRACE_FLOWS 0x1 /* emit flow events, not only drops */
+#define SETTINGS_F_POLICY 0x2      /* some policy entry or isolation exists */
+#define SETTINGS_F_HAS_DENY 0x4    /* some explicit deny entry exists */
+
+struct settings {
+	__u32 active_set;
+	__u32 generation; /* bumped on every policy change */
+	__u32 default_deny;
+	__u32 flags;
+};
+
+/* conntrack: LRU of allowed flows, so replies pass without rules. */
+struct ct_key {
 	struct ip_key src;
 	struct ip_key dst;
-	__u16 dport; /* host order */
+	__u16 sport; /* ICMP: echo id in sport (request) or dport (reply) */
+	__u16 dport;
 	__u8 proto;
-	__u8 pad;
+	__u8 pad[3];
 };
 
-#define IPRULE_ALLOW 1
-#define IPRULE_DENY 2
+struct ct_value {
+	__u64 last_seen_ns;
+	__u32 generation; /* policy generation that allowed it */
+	__u32 pad;
+};
 
-struct iprule_value {
-	__u32 verdict;
+/* events: ring buffer records. */
+#define REASON_NONE 0
+#define REASON_SPOOFED_IP 1
+#define REASON_SPOOFED_MAC 2
+#define REASON_SPOOFED_ARP 3
+#define REASON_SPOOFED_ND 4
+#define REASON_POLICY 5
+#define REASON_NO_ENDPOINT 6
+#define REASON_PARSE 7
+
+#define EVENT_PASSED 0
+#define EVENT_REDIRECTED 1
+#define EVENT_DROPPED 2
+
+#define DIR_FROM_POD 1
+#define DIR_TO_POD 2
+
+struct event {
+	__u64 ts_ns;
+	struct ip_key src;
+	struct ip_key dst;
+	__u16 sport;
+	__u16 dport;
+	__u8 proto;
+	__u8 verdict;
+	__u8 reason;
+	__u8 dir;
+	__u32 ifindex;
+	__u32 pad;
 };
 
 #endif /* EBPFCNI_H */

@@ -1,12 +1,21 @@
-//! The operator's CLI: `ebpfcni maps dump …`, `ebpfcni version`. Human
-//! tables by default, `--json` for scripts.
+//! The operator's CLI: `ebpfcni maps dump …`, `policy …`, `monitor`,
+//! `version`. Human tables by default, `--json` for scripts.
 
+mod bench;
 mod maps;
+mod monitor;
+mod policy;
 
-use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use clap::{Args, Parser, Subcommand};
+
+use crate::cni::config::DEFAULT_PIN_PATH;
+use crate::datapath::{self, Maps};
 
 #[derive(Parser)]
-#[command(name = "ebpfcni", version, about = "eBPF CNI plugin: inspect the node's datapath")]
+#[command(name = "ebpfcni", version, about = "eBPF CNI plugin: inspect and steer the node's datapath")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -19,14 +28,70 @@ enum Command {
         #[command(subcommand)]
         command: maps::MapsCommand,
     },
+    /// Hand-made rules and Kubernetes NetworkPolicy sync (the iprules map).
+    Policy {
+        #[command(subcommand)]
+        command: policy::PolicyCommand,
+    },
+    /// Stream the datapath's events: drops always, flows with --flows.
+    Monitor(monitor::MonitorArgs),
     /// Print the plugin version, the BPF program identity and CNI versions.
     Version,
+    /// Nanoseconds per packet of the classifier (BPF_PROG_TEST_RUN).
+    #[command(hide = true)]
+    BenchDatapath(bench::BenchArgs),
+}
+
+/// Which network's pins a command works on.
+#[derive(Args, Clone)]
+pub struct Target {
+    /// The network's name (the config's "name"); default: the only one pinned.
+    #[arg(long, global = true)]
+    network: Option<String>,
+    /// The config's "bpfPinPath".
+    #[arg(long, global = true, default_value = DEFAULT_PIN_PATH)]
+    pin_path: PathBuf,
+}
+
+impl Target {
+    fn network(&self) -> Result<String> {
+        if let Some(n) = &self.network {
+            return Ok(n.clone());
+        }
+        let mut names: Vec<String> = std::fs::read_dir(&self.pin_path)
+            .map_err(|e| {
+                anyhow::anyhow!("read {}: {e} (is ebpfcni installed and a pod running?)", self.pin_path.display())
+            })?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().join("endpoints").exists())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        match names.len() {
+            1 => Ok(names.remove(0)),
+            0 => bail!("no network is pinned under {}", self.pin_path.display()),
+            _ => bail!("several networks are pinned ({}): choose one with --network", names.join(", ")),
+        }
+    }
+
+    /// The network's pin directory and its maps.
+    fn open(&self) -> Result<(PathBuf, Maps)> {
+        let network = self.network()?;
+        let dir = datapath::network_dir(&self.pin_path, &network);
+        match Maps::open_if_pinned(&dir)? {
+            Some(maps) => Ok((dir, maps)),
+            None => bail!("network {network} has no maps pinned under {}", dir.display()),
+        }
+    }
 }
 
 pub fn main() -> i32 {
     let cli = Cli::parse();
     let outcome = match cli.command {
         Command::Maps { command } => maps::run(command),
+        Command::Policy { command } => policy::run(command),
+        Command::Monitor(args) => monitor::run(&args),
+        Command::BenchDatapath(args) => bench::run(&args),
         Command::Version => {
             println!(
                 "ebpfcni {} (bpf program {}, CNI spec {})",
@@ -44,4 +109,9 @@ pub fn main() -> i32 {
             1
         }
     }
+}
+
+/// The host interface's name for display ("?" when it is gone).
+pub fn ifname(index: u32) -> String {
+    nix::net::if_::if_indextoname(index).map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|_| "?".into())
 }

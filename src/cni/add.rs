@@ -11,9 +11,10 @@ use super::error::{CniError, INVALID_ENV};
 use super::host_veth_name;
 use super::result::{ip_config, mac_string, AddResult, Interface, RouteJson};
 use super::undo::Undo;
-use crate::datapath::{self, Attached, Datapath, EndpointEntry};
+use crate::datapath::{self, Attached, Datapath, EndpointEntry, PodEntry};
 use crate::ipam::{self, Allocation, Cidr, DiskStore};
 use crate::netlink::{Link, Netlink, Netns};
+use crate::policy;
 
 pub fn add(conf: &NetConf, env: &CniEnv) -> Result<AddResult> {
     let netns_path = env.netns.as_deref().expect("ADD requires CNI_NETNS");
@@ -105,6 +106,23 @@ fn add_in_scope<'s, 'e>(
         undo.push(format!("remove endpoint {ip}"), move || dp.maps.remove_endpoint(ip));
         dp.maps.put_endpoint(&EndpointEntry { ip, ifindex: host_link.index, mac: pod_mac, flags })?;
     }
+    // The pod's identity for policy and its entry for anti-spoofing: both
+    // in place before the first packet can flow.
+    let maps = &dp.maps;
+    let ips: Vec<IpAddr> = allocs.iter().map(|a| a.address.addr).collect();
+    {
+        let _lock = datapath::lock_dir(&dp.dir)?;
+        policy::set_default_deny(maps, conf.default_deny)?;
+        let owned = ips.clone();
+        undo.push("unregister pod from policy", move || {
+            let _lock = datapath::lock_dir(&dp.dir)?;
+            policy::unregister_pod(maps, &owned)
+        });
+        policy::register_pod(maps, &ips, host_link.index)?;
+    }
+    let ifindex = host_link.index;
+    undo.push("remove pod entry", move || maps.remove_pod(ifindex));
+    maps.put_pod(&PodEntry { ifindex, addr: allocs[0].address.addr, mac: pod_mac })?;
     host.set_up(host_link.index)?;
     undo.commit();
 

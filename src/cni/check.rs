@@ -98,6 +98,17 @@ pub fn check(conf: &NetConf, env: &CniEnv) -> Result<()> {
         }
         flags = Some(ep.flags);
     }
+    match dp.maps.pods()?.into_iter().find(|p| p.ifindex == host_link.index) {
+        Some(p) if p.mac == pod_mac => {}
+        Some(p) => bail!(mismatch(format!(
+            "pod entry of {host_if} has MAC {}, the pod has {}",
+            mac_string(p.mac),
+            mac_string(pod_mac)
+        ))),
+        None => {
+            bail!(mismatch(format!("no pod entry for {host_if} (ifindex {}): its traffic is dropped", host_link.index)))
+        }
+    }
     if let Some(flags) = flags {
         dp.verify_attached(&host_if, host_link.index, flags).map_err(|e| mismatch(format!("{e:#}")))?;
     }

@@ -38,6 +38,7 @@ struct RawConf {
     attach_mode: Option<String>,
     log_file: Option<PathBuf>,
     log_level: Option<String>,
+    policy: Option<RawPolicy>,
     // Set by the runtime or reserved by the spec.
     args: Option<RawArgs>,
     runtime_config: Option<RawRuntimeConfig>,
@@ -56,6 +57,12 @@ struct RawConf {
     _disable_check: Option<bool>,
     #[serde(rename = "disableGC")]
     _disable_gc: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawPolicy {
+    default_action: Option<String>,
 }
 
 /// `args.cni`: only `ips` is ours; other keys belong to other plugins.
@@ -148,6 +155,8 @@ pub struct NetConf {
     pub attach_mode: AttachMode,
     pub log_file: Option<PathBuf>,
     pub log_level: LogLevel,
+    /// `policy.defaultAction: deny`: only what a rule allows passes.
+    pub default_deny: bool,
     pub prev_result: Option<Value>,
     /// Addresses the runtime asks for (`args.cni.ips`, `runtimeConfig.ips`).
     pub requested_ips: Vec<IpAddr>,
@@ -238,6 +247,11 @@ impl NetConf {
             routes.push(Route { dst: dst.as_network(), gw });
         }
 
+        let default_deny = match raw.policy.and_then(|p| p.default_action).as_deref() {
+            None | Some("allow") => false,
+            Some("deny") => true,
+            Some(other) => bail!(invalid(format!("policy.defaultAction {other:?} is not one of allow, deny"))),
+        };
         let log_level = match raw.log_level.as_deref() {
             None | Some("info") | Some("debug") => LogLevel::Info,
             Some("error") => LogLevel::Error,
@@ -270,6 +284,7 @@ impl NetConf {
             attach_mode,
             log_file: raw.log_file,
             log_level,
+            default_deny,
             prev_result: raw.prev_result,
             requested_ips,
             requested_mac,

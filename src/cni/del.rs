@@ -11,6 +11,7 @@ use super::host_veth_name;
 use crate::datapath::{self, Maps};
 use crate::ipam::{self, DiskStore, LeaseStore};
 use crate::netlink::Netlink;
+use crate::policy;
 
 pub fn del(conf: &NetConf, env: &CniEnv) -> Result<Vec<IpAddr>> {
     let host_if = host_veth_name(&env.container_id, &env.ifname);
@@ -27,10 +28,17 @@ pub fn del(conf: &NetConf, env: &CniEnv) -> Result<Vec<IpAddr>> {
         if let Some(link) = &host_link {
             stale.extend(maps.endpoints()?.iter().filter(|e| e.ifindex == link.index).map(|e| e.ip));
         }
-        for ip in stale {
-            maps.remove_endpoint(ip)?;
-            maps.remove_stats(ip)?;
+        for ip in &stale {
+            maps.remove_endpoint(*ip)?;
+            maps.remove_stats(*ip)?;
         }
+        for pod in maps.pods()? {
+            if host_link.as_ref().is_some_and(|l| l.index == pod.ifindex) || stale.contains(&pod.addr) {
+                maps.remove_pod(pod.ifindex)?;
+            }
+        }
+        let _lock = datapath::lock_dir(&dir)?;
+        policy::unregister_pod(&maps, &stale)?;
     }
     datapath::detach(&dir, &host_if)?;
     host.delete_link(&host_if)?;

@@ -15,6 +15,7 @@ use super::host_veth_name;
 use crate::datapath::{self, Maps};
 use crate::ipam::{DiskStore, LeaseStore};
 use crate::netlink::Netlink;
+use crate::policy;
 
 /// Returns the released addresses.
 pub fn gc(conf: &NetConf) -> Result<Vec<IpAddr>> {
@@ -65,6 +66,13 @@ pub fn gc(conf: &NetConf) -> Result<Vec<IpAddr>> {
                 maps.remove_endpoint(ep.ip)?;
             }
         }
+        for pod in maps.pods()? {
+            if !kept.contains(&pod.addr) {
+                maps.remove_pod(pod.ifindex)?;
+            }
+        }
+        let _lock = datapath::lock_dir(&dir)?;
+        policy::unregister_pod(&maps, &released)?;
         for st in maps.stats()? {
             if !kept.contains(&st.ip) {
                 maps.remove_stats(st.ip)?;

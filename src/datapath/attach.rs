@@ -7,14 +7,14 @@
 use std::ffi::CString;
 use std::fs;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use anyhow::{bail, Context, Result};
 use libbpf_rs::libbpf_sys;
-use libbpf_rs::{TcHook, TC_INGRESS};
+use libbpf_rs::{TcHook, TC_EGRESS, TC_INGRESS};
 use serde::{Deserialize, Serialize};
 
 use super::pins::{Datapath, LINKS_DIR};
@@ -53,8 +53,13 @@ pub enum Attached {
     Tc,
 }
 
-fn link_pin(dir: &Path, host_if: &str) -> PathBuf {
+/// `links/<host veth>/`: the pod's two TCX link pins live in it.
+fn link_dir(dir: &Path, host_if: &str) -> PathBuf {
     dir.join(LINKS_DIR).join(host_if)
+}
+
+fn link_pin(dir: &Path, host_if: &str, egress: bool) -> PathBuf {
+    link_dir(dir, host_if).join(if egress { "egress" } else { "ingress" })
 }
 
 fn cpath(p: &Path) -> Result<CString> {
@@ -65,12 +70,13 @@ fn libbpf_err(ret: i32) -> io::Error {
     io::Error::from_raw_os_error(ret.abs())
 }
 
-fn tcx_link_create(prog: BorrowedFd<'_>, ifindex: i32) -> io::Result<OwnedFd> {
+fn tcx_link_create(prog: BorrowedFd<'_>, ifindex: i32, egress: bool) -> io::Result<OwnedFd> {
     // SAFETY: zeroed opts with `sz` set is how libbpf expects them.
     let mut opts: libbpf_sys::bpf_link_create_opts = unsafe { std::mem::zeroed() };
     opts.sz = std::mem::size_of::<libbpf_sys::bpf_link_create_opts>() as _;
+    let attach_type = if egress { libbpf_sys::BPF_TCX_EGRESS } else { libbpf_sys::BPF_TCX_INGRESS };
     // SAFETY: valid program fd and opts; the returned fd is ours.
-    let fd = unsafe { libbpf_sys::bpf_link_create(prog.as_raw_fd(), ifindex, libbpf_sys::BPF_TCX_INGRESS, &opts) };
+    let fd = unsafe { libbpf_sys::bpf_link_create(prog.as_raw_fd(), ifindex, attach_type, &opts) };
     if fd < 0 {
         return Err(libbpf_err(fd));
     }
@@ -81,73 +87,84 @@ fn tcx_link_create(prog: BorrowedFd<'_>, ifindex: i32) -> io::Result<OwnedFd> {
 /// Probes TCX: a link aimed at an interface index that cannot exist fails
 /// with ENODEV where the kernel knows TCX, EINVAL where it does not.
 pub fn tcx_supported(prog: BorrowedFd<'_>) -> bool {
-    match tcx_link_create(prog, i32::MAX) {
+    match tcx_link_create(prog, i32::MAX, false) {
         Ok(_) => true,
         Err(e) => e.raw_os_error() != Some(nix::errno::Errno::EINVAL as i32),
     }
 }
 
+/// Attaches one direction with TCX and pins the link; a live link already
+/// pinned for this very interface is kept (a retried ADD).
+fn attach_tcx(dir: &Path, prog: BorrowedFd<'_>, host_if: &str, ifindex: u32, egress: bool) -> Result<()> {
+    let pin = link_pin(dir, host_if, egress);
+    if tcx_link_ifindex(&pin) == Some(ifindex) {
+        return Ok(());
+    }
+    // A pin left by a crashed ADD for this veth name is stale.
+    let _ = fs::remove_file(&pin);
+    let side = if egress { "egress" } else { "ingress" };
+    let link = tcx_link_create(prog, ifindex as i32, egress)
+        .with_context(|| format!("attach tcx {side} to {host_if} (ifindex {ifindex})"))?;
+    let c = cpath(&pin)?;
+    // SAFETY: valid link fd and NUL-terminated path.
+    let ret = unsafe { libbpf_sys::bpf_obj_pin(link.as_raw_fd(), c.as_ptr()) };
+    if ret < 0 {
+        return Err(libbpf_err(ret)).with_context(|| format!("pin tcx link at {}", pin.display()));
+    }
+    Ok(())
+}
+
 impl Datapath {
-    /// Attaches the program to the ingress of the host veth `host_if`.
+    /// Attaches `from_pod` to the ingress and `to_pod` to the egress of the
+    /// host veth `host_if`.
     pub fn attach(&self, host_if: &str, ifindex: u32, mode: AttachMode) -> Result<Attached> {
-        let prog = std::os::fd::AsFd::as_fd(&self.prog);
+        let (from, to) = (self.prog.as_fd(), self.prog_to.as_fd());
         let use_tcx = match mode {
             AttachMode::Tcx => true,
             AttachMode::Tc => false,
-            AttachMode::Auto => tcx_supported(prog),
+            AttachMode::Auto => tcx_supported(from),
         };
         if use_tcx {
-            let pin = link_pin(&self.dir, host_if);
-            if tcx_link_ifindex(&pin) == Some(ifindex) {
-                return Ok(Attached::Tcx); // a retried ADD: already attached
-            }
-            // A pin left by a crashed ADD for this veth name is stale.
-            let _ = fs::remove_file(&pin);
-            let link = tcx_link_create(prog, ifindex as i32)
-                .with_context(|| format!("attach tcx to {host_if} (ifindex {ifindex})"))?;
-            let c = cpath(&pin)?;
-            // SAFETY: valid link fd and NUL-terminated path.
-            let ret = unsafe { libbpf_sys::bpf_obj_pin(link.as_raw_fd(), c.as_ptr()) };
-            if ret < 0 {
-                return Err(libbpf_err(ret)).with_context(|| format!("pin tcx link at {}", pin.display()));
-            }
+            let d = link_dir(&self.dir, host_if);
+            fs::create_dir_all(&d).with_context(|| format!("create {}", d.display()))?;
+            attach_tcx(&self.dir, from, host_if, ifindex, false)?;
+            attach_tcx(&self.dir, to, host_if, ifindex, true)?;
             Ok(Attached::Tcx)
         } else {
-            attach_clsact(prog, ifindex, false)
+            // Replacing only ever touches our own handle and priority.
+            attach_clsact(from, to, ifindex, true)
                 .with_context(|| format!("attach tc (clsact) to {host_if} (ifindex {ifindex})"))?;
             Ok(Attached::Tc)
         }
     }
-}
 
-impl Datapath {
     /// Verifies that the pod's host veth (by ifindex: names are reused)
-    /// runs this network's program, in the mode its endpoint records.
+    /// runs this network's programs, in the mode its endpoint records.
     pub fn verify_attached(&self, host_if: &str, ifindex: u32, flags: u16) -> Result<()> {
-        let prog = std::os::fd::AsFd::as_fd(&self.prog);
-        let want = libbpf_rs::Program::id_from_fd(prog).context("read pinned program id")?;
-        let got = if flags & super::ENDPOINT_F_TCX != 0 {
-            let pin = link_pin(&self.dir, host_if);
-            let link =
-                libbpf_rs::Link::open(&pin).map_err(|_| anyhow::anyhow!("no TCX link pinned at {}", pin.display()))?;
-            let info = link.info().context("read TCX link info")?;
-            match info.info {
-                libbpf_rs::query::LinkTypeInfo::Tcx(tcx) if tcx.ifindex == ifindex => info.prog_id,
-                libbpf_rs::query::LinkTypeInfo::Tcx(tcx) => {
-                    bail!(
+        for (prog, egress) in [(self.prog.as_fd(), false), (self.prog_to.as_fd(), true)] {
+            let side = if egress { "egress" } else { "ingress" };
+            let want = libbpf_rs::Program::id_from_fd(prog).context("read pinned program id")?;
+            let got = if flags & super::ENDPOINT_F_TCX != 0 {
+                let pin = link_pin(&self.dir, host_if, egress);
+                let link = libbpf_rs::Link::open(&pin)
+                    .map_err(|_| anyhow::anyhow!("no TCX link pinned at {}", pin.display()))?;
+                let info = link.info().context("read TCX link info")?;
+                match info.info {
+                    libbpf_rs::query::LinkTypeInfo::Tcx(tcx) if tcx.ifindex == ifindex => info.prog_id,
+                    libbpf_rs::query::LinkTypeInfo::Tcx(tcx) => bail!(
                         "TCX link {} is attached to ifindex {}, not {host_if} (ifindex {ifindex})",
                         pin.display(),
                         tcx.ifindex
-                    )
+                    ),
+                    _ => bail!("{} is not a live TCX link (its interface is gone)", pin.display()),
                 }
-                _ => bail!("{} is not a live TCX link (its interface is gone)", pin.display()),
+            } else {
+                clsact_prog_id(prog, ifindex, egress)
+                    .ok_or_else(|| anyhow::anyhow!("no ebpfcni tc filter on {host_if} (ifindex {ifindex}) {side}"))?
+            };
+            if got != want {
+                bail!("{host_if} (ifindex {ifindex}) {side} runs BPF program {got}, not the network's program {want}");
             }
-        } else {
-            clsact_prog_id(prog, ifindex)
-                .ok_or_else(|| anyhow::anyhow!("no ebpfcni tc filter on {host_if} (ifindex {ifindex}) ingress"))?
-        };
-        if got != want {
-            bail!("{host_if} (ifindex {ifindex}) runs BPF program {got}, not the network's program {want}");
         }
         Ok(())
     }
@@ -162,35 +179,52 @@ pub fn tcx_link_ifindex(pin: &Path) -> Option<u32> {
     }
 }
 
-/// The program id of our clsact filter on `ifindex`, if there is one.
-pub fn clsact_prog_id(prog: BorrowedFd<'_>, ifindex: u32) -> Option<u32> {
+fn tc_hook(prog: BorrowedFd<'_>, ifindex: u32, egress: bool) -> TcHook {
     let mut hook = TcHook::new(prog);
-    hook.ifindex(ifindex as i32).handle(TC_HANDLE).priority(TC_PRIORITY).attach_point(TC_INGRESS);
-    hook.query().ok()
+    hook.ifindex(ifindex as i32).handle(TC_HANDLE).priority(TC_PRIORITY).attach_point(if egress {
+        TC_EGRESS
+    } else {
+        TC_INGRESS
+    });
+    hook
 }
 
-fn attach_clsact(prog: BorrowedFd<'_>, ifindex: u32, replace: bool) -> Result<()> {
-    let mut hook = TcHook::new(prog);
-    hook.ifindex(ifindex as i32).replace(replace).handle(TC_HANDLE).priority(TC_PRIORITY).attach_point(TC_INGRESS);
-    // Creates clsact when missing; an existing qdisc is reused as it is.
-    hook.create().context("create clsact qdisc")?;
-    hook.attach().context("add tc filter")?;
+/// The program id of our clsact filter on `ifindex`, if there is one.
+fn clsact_prog_id(prog: BorrowedFd<'_>, ifindex: u32, egress: bool) -> Option<u32> {
+    tc_hook(prog, ifindex, egress).query().ok()
+}
+
+fn attach_clsact(from: BorrowedFd<'_>, to: BorrowedFd<'_>, ifindex: u32, replace: bool) -> Result<()> {
+    for (prog, egress) in [(from, false), (to, true)] {
+        let mut hook = tc_hook(prog, ifindex, egress);
+        hook.replace(replace);
+        // Creates clsact when missing; an existing qdisc is reused as it is.
+        hook.create().context("create clsact qdisc")?;
+        hook.attach().with_context(|| format!("add tc filter ({})", if egress { "egress" } else { "ingress" }))?;
+    }
     Ok(())
 }
 
-pub(super) fn replace_clsact(prog: BorrowedFd<'_>, ifindex: u32) -> Result<()> {
-    attach_clsact(prog, ifindex, true)
+pub(super) fn replace_clsact(from: BorrowedFd<'_>, to: BorrowedFd<'_>, ifindex: u32) -> Result<()> {
+    attach_clsact(from, to, ifindex, true)
 }
 
-/// Removes the pod's TCX link pin (the kernel detaches the link with its
-/// last reference). A missing pin is fine: DEL is idempotent. clsact
+/// Removes the pod's TCX link pins (the kernel detaches a link with its
+/// last reference). Missing pins are fine: DEL is idempotent. clsact
 /// filters go away with the veth itself.
 pub fn detach(dir: &Path, host_if: &str) -> Result<()> {
-    let pin = link_pin(dir, host_if);
-    match fs::remove_file(&pin) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => {
-            Err(e).with_context(|| format!("unpin tcx link {}", pin.display()))
+    let d = link_dir(dir, host_if);
+    for egress in [false, true] {
+        let pin = link_pin(dir, host_if, egress);
+        match fs::remove_file(&pin) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("unpin tcx link {}", pin.display()))
+            }
+            _ => {}
         }
+    }
+    match fs::remove_dir(&d) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e).with_context(|| format!("remove {}", d.display())),
         _ => Ok(()),
     }
 }

@@ -7,13 +7,32 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
-
 use serde::Serialize;
 
-use super::skel::types::{endpoint_info, ip_key, iprule_key, iprule_value, traffic_stats};
+use super::skel::types::{
+    ct_key, ct_value, endpoint_info, identity_key, ip_key, ipcache_key, ipcache_value, pod_info, policy_key,
+    policy_value, settings, traffic_stats,
+};
+use crate::ipam::Cidr;
 
 pub const ENDPOINT_F_TCX: u16 = 0x1;
 pub const ENDPOINT_F_TC: u16 = 0x2;
+
+pub const IDENTITY_ANY: u32 = 0;
+pub const IDENTITY_WORLD: u32 = 1;
+pub const IDENTITY_POD_MIN: u32 = 256;
+pub const IDENTITY_CIDR_MIN: u32 = 0x100_0000;
+
+pub const ISOLATED_INGRESS: u32 = 0x1;
+pub const ISOLATED_EGRESS: u32 = 0x2;
+
+pub const SETTINGS_F_TRACE_FLOWS: u32 = 0x1;
+pub const SETTINGS_F_POLICY: u32 = 0x2;
+pub const SETTINGS_F_HAS_DENY: u32 = 0x4;
+
+/// Every map of a network's pin directory, by pin name.
+pub const MAP_NAMES: &[&str] =
+    &["endpoints", "pods", "stats", "ipcache", "iprules", "identity_flags", "settings", "conntrack", "events"];
 
 /// Views a generated map type as the bytes the kernel expects.
 fn as_bytes<T: Copy>(v: &T) -> &[u8] {
@@ -46,6 +65,14 @@ fn key_to_ip(k: &ip_key) -> IpAddr {
     }
 }
 
+/// Deletes a key; a missing one is fine.
+fn delete(map: &MapHandle, key: &[u8], what: &str) -> Result<()> {
+    match map.delete(key) {
+        Err(e) if e.kind() != libbpf_rs::ErrorKind::NotFound => Err(e).with_context(|| format!("remove {what}")),
+        _ => Ok(()),
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EndpointEntry {
     pub ip: IpAddr,
@@ -54,41 +81,103 @@ pub struct EndpointEntry {
     pub flags: u16,
 }
 
+/// The pod behind a host veth.
 #[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodEntry {
+    pub ifindex: u32,
+    pub addr: IpAddr,
+    pub mac: [u8; 6],
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct StatsEntry {
     pub ip: IpAddr,
     pub packets: u64,
     pub bytes: u64,
     pub redirected: u64,
     pub passed: u64,
+    pub drop_spoofed: u64,
+    pub drop_policy: u64,
+    pub drop_no_endpoint: u64,
+    pub drop_parse: u64,
 }
 
-/// A policy entry as an operator reads it.
+/// An address prefix and the identity it maps to, in policy set `set`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IpcacheEntry {
+    pub set: u8,
+    pub prefix: Cidr,
+    pub identity: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Egress = 1,
+    Ingress = 2,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Allow = 1,
+    Deny = 2,
+}
+
+/// One `iprules` entry: traffic between `subject` and `peer` identities.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PolicyEntry {
+    pub set: u8,
+    pub dir: Direction,
+    pub subject: u32,
+    /// IDENTITY_ANY: every peer.
+    pub peer: u32,
+    /// 0: every protocol.
+    pub proto: u8,
+    /// 0: every port.
+    pub port: u16,
+    pub verdict: Verdict,
+    pub rule: u32,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Settings {
+    pub active_set: u32,
+    pub generation: u32,
+    pub default_deny: bool,
+    pub flags: u32,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct RuleEntry {
+pub struct ConntrackEntry {
     pub src: IpAddr,
     pub dst: IpAddr,
-    pub proto: String,
-    /// 0 = any port.
-    pub port: u16,
-    pub verdict: String,
-}
-
-fn proto_name(p: u8) -> String {
-    match p {
-        0 => "any".into(),
-        1 => "icmp".into(),
-        6 => "tcp".into(),
-        17 => "udp".into(),
-        58 => "icmpv6".into(),
-        n => n.to_string(),
-    }
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub last_seen_ns: u64,
+    pub generation: u32,
 }
 
 pub struct Maps {
     pub endpoints: MapHandle,
+    pub pods: MapHandle,
     pub stats: MapHandle,
+    pub ipcache: MapHandle,
     pub iprules: MapHandle,
+    pub identity_flags: MapHandle,
+    pub settings: MapHandle,
+    pub conntrack: MapHandle,
+    pub events: MapHandle,
+}
+
+fn ipcache_key_of(set: u8, prefix: &Cidr) -> ipcache_key {
+    let bits = if prefix.is_ipv4() { 96 + u32::from(prefix.prefix) } else { u32::from(prefix.prefix) };
+    ipcache_key { prefixlen: 32 + bits, set, addr: ip_to_key(prefix.network()).addr, ..Default::default() }
+}
+
+fn policy_key_of(e: &PolicyEntry) -> policy_key {
+    policy_key { subject: e.subject, peer: e.peer, dport: e.port, proto: e.proto, dir_set: e.dir as u8 | (e.set << 4) }
 }
 
 impl Maps {
@@ -98,7 +187,17 @@ impl Maps {
             let path = dir.join(name);
             MapHandle::from_pinned_path(&path).with_context(|| format!("open pinned map {}", path.display()))
         };
-        Ok(Maps { endpoints: open("endpoints")?, stats: open("stats")?, iprules: open("iprules")? })
+        Ok(Maps {
+            endpoints: open("endpoints")?,
+            pods: open("pods")?,
+            stats: open("stats")?,
+            ipcache: open("ipcache")?,
+            iprules: open("iprules")?,
+            identity_flags: open("identity_flags")?,
+            settings: open("settings")?,
+            conntrack: open("conntrack")?,
+            events: open("events")?,
+        })
     }
 
     /// Opens them when they exist; None when this network was never loaded.
@@ -117,14 +216,8 @@ impl Maps {
             .with_context(|| format!("write endpoint {}", ep.ip))
     }
 
-    /// Removes the endpoint; a missing one is fine.
     pub fn remove_endpoint(&self, ip: IpAddr) -> Result<()> {
-        match self.endpoints.delete(as_bytes(&ip_to_key(ip))) {
-            Err(e) if e.kind() != libbpf_rs::ErrorKind::NotFound => {
-                Err(e).with_context(|| format!("remove endpoint {ip}"))
-            }
-            _ => Ok(()),
-        }
+        delete(&self.endpoints, as_bytes(&ip_to_key(ip)), &format!("endpoint {ip}"))
     }
 
     pub fn endpoint(&self, ip: IpAddr) -> Result<Option<EndpointEntry>> {
@@ -150,7 +243,30 @@ impl Maps {
         Ok(out)
     }
 
-    /// Counters per source address, summed over CPUs.
+    pub fn put_pod(&self, pod: &PodEntry) -> Result<()> {
+        let value = pod_info { addr: ip_to_key(pod.addr), mac: pod.mac, ..Default::default() };
+        self.pods
+            .update(&pod.ifindex.to_ne_bytes(), as_bytes(&value), MapFlags::ANY)
+            .with_context(|| format!("write pod of ifindex {}", pod.ifindex))
+    }
+
+    pub fn remove_pod(&self, ifindex: u32) -> Result<()> {
+        delete(&self.pods, &ifindex.to_ne_bytes(), &format!("pod of ifindex {ifindex}"))
+    }
+
+    pub fn pods(&self) -> Result<Vec<PodEntry>> {
+        let mut out = Vec::new();
+        for key in self.pods.keys() {
+            let Some(raw) = self.pods.lookup(&key, MapFlags::ANY).context("read pods")? else { continue };
+            let info: pod_info = from_bytes(&raw);
+            let ifindex = u32::from_ne_bytes(key[..4].try_into().expect("4-byte key"));
+            out.push(PodEntry { ifindex, addr: key_to_ip(&info.addr), mac: info.mac });
+        }
+        out.sort_by_key(|p| p.ifindex);
+        Ok(out)
+    }
+
+    /// Counters per pod address, summed over CPUs.
     pub fn stats(&self) -> Result<Vec<StatsEntry>> {
         let mut out = Vec::new();
         for key in self.stats.keys() {
@@ -158,13 +274,27 @@ impl Maps {
             let Some(per_cpu) = self.stats.lookup_percpu(&key, MapFlags::ANY).context("read stats")? else {
                 continue;
             };
-            let mut sum = StatsEntry { ip, ..Default::default() };
+            let mut sum = StatsEntry {
+                ip,
+                packets: 0,
+                bytes: 0,
+                redirected: 0,
+                passed: 0,
+                drop_spoofed: 0,
+                drop_policy: 0,
+                drop_no_endpoint: 0,
+                drop_parse: 0,
+            };
             for raw in per_cpu {
                 let s: traffic_stats = from_bytes(&raw);
                 sum.packets += s.packets;
                 sum.bytes += s.bytes;
                 sum.redirected += s.redirected;
                 sum.passed += s.passed;
+                sum.drop_spoofed += s.drop_spoofed;
+                sum.drop_policy += s.drop_policy;
+                sum.drop_no_endpoint += s.drop_no_endpoint;
+                sum.drop_parse += s.drop_parse;
             }
             out.push(sum);
         }
@@ -172,43 +302,208 @@ impl Maps {
         Ok(out)
     }
 
-    pub fn iprules(&self) -> Result<Vec<RuleEntry>> {
+    pub fn remove_stats(&self, ip: IpAddr) -> Result<()> {
+        delete(&self.stats, as_bytes(&ip_to_key(ip)), &format!("stats of {ip}"))
+    }
+
+    pub fn put_ipcache(&self, e: &IpcacheEntry) -> Result<()> {
+        let value = ipcache_value { identity: e.identity };
+        self.ipcache
+            .update(as_bytes(&ipcache_key_of(e.set, &e.prefix)), as_bytes(&value), MapFlags::ANY)
+            .with_context(|| format!("write ipcache {} -> {}", e.prefix, e.identity))
+    }
+
+    pub fn remove_ipcache(&self, set: u8, prefix: &Cidr) -> Result<()> {
+        delete(&self.ipcache, as_bytes(&ipcache_key_of(set, prefix)), &format!("ipcache {prefix}"))
+    }
+
+    pub fn ipcache(&self) -> Result<Vec<IpcacheEntry>> {
         let mut out = Vec::new();
-        for key in self.iprules.keys() {
-            let Some(raw) = self.iprules.lookup(&key, MapFlags::ANY).context("read iprules")? else {
-                continue;
-            };
-            let k: iprule_key = from_bytes(&key);
-            let v: iprule_value = from_bytes(&raw);
-            out.push(RuleEntry {
-                src: key_to_ip(&k.src),
-                dst: key_to_ip(&k.dst),
-                proto: proto_name(k.proto),
-                port: k.dport,
-                verdict: match v.verdict {
-                    1 => "allow".into(),
-                    2 => "deny".into(),
-                    n => format!("unknown({n})"),
-                },
-            });
+        for key in self.ipcache.keys() {
+            let Some(raw) = self.ipcache.lookup(&key, MapFlags::ANY).context("read ipcache")? else { continue };
+            let k: ipcache_key = from_bytes(&key);
+            let v: ipcache_value = from_bytes(&raw);
+            let ip = key_to_ip(&ip_key { addr: k.addr });
+            let bits = k.prefixlen.saturating_sub(32);
+            let prefix = if ip.is_ipv4() { bits.saturating_sub(96) } else { bits } as u8;
+            out.push(IpcacheEntry { set: k.set, prefix: Cidr { addr: ip, prefix }, identity: v.identity });
         }
+        out.sort_by_key(|e| (e.set, e.prefix.addr, e.prefix.prefix));
         Ok(out)
     }
 
-    /// Drops the counters of an address that left (DEL).
-    pub fn remove_stats(&self, ip: IpAddr) -> Result<()> {
-        match self.stats.delete(as_bytes(&ip_to_key(ip))) {
-            Err(e) if e.kind() != libbpf_rs::ErrorKind::NotFound => {
-                Err(e).with_context(|| format!("remove stats of {ip}"))
-            }
-            _ => Ok(()),
+    pub fn put_policy(&self, e: &PolicyEntry) -> Result<()> {
+        let value = policy_value { verdict: e.verdict as u8, rule: e.rule, ..Default::default() };
+        self.iprules.update(as_bytes(&policy_key_of(e)), as_bytes(&value), MapFlags::ANY).context("write iprules entry")
+    }
+
+    pub fn remove_policy(&self, e: &PolicyEntry) -> Result<()> {
+        delete(&self.iprules, as_bytes(&policy_key_of(e)), "iprules entry")
+    }
+
+    pub fn policy(&self) -> Result<Vec<PolicyEntry>> {
+        let mut out = Vec::new();
+        for key in self.iprules.keys() {
+            let Some(raw) = self.iprules.lookup(&key, MapFlags::ANY).context("read iprules")? else { continue };
+            let k: policy_key = from_bytes(&key);
+            let v: policy_value = from_bytes(&raw);
+            let dir = if k.dir_set & 0xf == Direction::Ingress as u8 { Direction::Ingress } else { Direction::Egress };
+            let verdict = if v.verdict == Verdict::Deny as u8 { Verdict::Deny } else { Verdict::Allow };
+            out.push(PolicyEntry {
+                set: k.dir_set >> 4,
+                dir,
+                subject: k.subject,
+                peer: k.peer,
+                proto: k.proto,
+                port: k.dport,
+                verdict,
+                rule: v.rule,
+            });
         }
+        out.sort_by_key(|e| (e.set, e.dir, e.subject, e.peer, e.proto, e.port));
+        Ok(out)
+    }
+
+    pub fn put_identity_flags(&self, set: u8, identity: u32, flags: u32) -> Result<()> {
+        let key = identity_key { identity, set: u32::from(set) };
+        self.identity_flags
+            .update(as_bytes(&key), &flags.to_ne_bytes(), MapFlags::ANY)
+            .with_context(|| format!("write isolation of identity {identity}"))
+    }
+
+    pub fn remove_identity_flags(&self, set: u8, identity: u32) -> Result<()> {
+        let key = identity_key { identity, set: u32::from(set) };
+        delete(&self.identity_flags, as_bytes(&key), &format!("isolation of identity {identity}"))
+    }
+
+    /// (set, identity, flags) for every isolated identity.
+    pub fn identity_flags(&self) -> Result<Vec<(u8, u32, u32)>> {
+        let mut out = Vec::new();
+        for key in self.identity_flags.keys() {
+            let Some(raw) = self.identity_flags.lookup(&key, MapFlags::ANY).context("read identity_flags")? else {
+                continue;
+            };
+            let k: identity_key = from_bytes(&key);
+            out.push((k.set as u8, k.identity, u32::from_ne_bytes(raw[..4].try_into().expect("u32 value"))));
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    pub fn settings(&self) -> Result<Settings> {
+        let raw = self.settings.lookup(&0u32.to_ne_bytes(), MapFlags::ANY).context("read settings")?;
+        let s: settings = raw.map(|r| from_bytes(&r)).unwrap_or_default();
+        Ok(Settings {
+            active_set: s.active_set,
+            generation: s.generation,
+            default_deny: s.default_deny != 0,
+            flags: s.flags,
+        })
+    }
+
+    pub fn put_settings(&self, s: &Settings) -> Result<()> {
+        let value = settings {
+            active_set: s.active_set,
+            generation: s.generation,
+            default_deny: u32::from(s.default_deny),
+            flags: s.flags,
+        };
+        self.settings.update(&0u32.to_ne_bytes(), as_bytes(&value), MapFlags::ANY).context("write settings")
+    }
+
+    pub fn conntrack(&self) -> Result<Vec<ConntrackEntry>> {
+        let mut out = Vec::new();
+        for key in self.conntrack.keys() {
+            let Some(raw) = self.conntrack.lookup(&key, MapFlags::ANY).context("read conntrack")? else { continue };
+            let k: ct_key = from_bytes(&key);
+            let v: ct_value = from_bytes(&raw);
+            out.push(ConntrackEntry {
+                src: key_to_ip(&k.src),
+                dst: key_to_ip(&k.dst),
+                sport: k.sport,
+                dport: k.dport,
+                proto: k.proto,
+                last_seen_ns: v.last_seen_ns,
+                generation: v.generation,
+            });
+        }
+        out.sort_by_key(|c| (c.src, c.dst, c.sport, c.dport));
+        Ok(out)
     }
 }
 
-impl Default for StatsEntry {
-    fn default() -> Self {
-        StatsEntry { ip: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), packets: 0, bytes: 0, redirected: 0, passed: 0 }
+/// Textual protocol names (`any` for 0).
+pub fn proto_name(p: u8) -> String {
+    match p {
+        0 => "any".into(),
+        1 => "icmp".into(),
+        6 => "tcp".into(),
+        17 => "udp".into(),
+        58 => "icmpv6".into(),
+        132 => "sctp".into(),
+        n => n.to_string(),
+    }
+}
+
+pub fn proto_number(s: &str) -> Option<u8> {
+    match s.to_ascii_lowercase().as_str() {
+        "any" => Some(0),
+        "icmp" => Some(1),
+        "tcp" => Some(6),
+        "udp" => Some(17),
+        "icmpv6" => Some(58),
+        "sctp" => Some(132),
+        n => n.parse().ok(),
+    }
+}
+
+/// Event layout helpers for the monitor.
+pub mod event {
+    use super::*;
+    use crate::datapath::skel::types::event;
+
+    /// A decoded ring buffer record.
+    #[derive(Clone, Debug, Serialize)]
+    pub struct Event {
+        pub ts_ns: u64,
+        pub src: IpAddr,
+        pub dst: IpAddr,
+        pub sport: u16,
+        pub dport: u16,
+        pub proto: String,
+        pub verdict: &'static str,
+        pub reason: &'static str,
+        pub direction: &'static str,
+        pub ifindex: u32,
+    }
+
+    pub fn decode(raw: &[u8]) -> Event {
+        let e: event = from_bytes(raw);
+        Event {
+            ts_ns: e.ts_ns,
+            src: key_to_ip(&e.src),
+            dst: key_to_ip(&e.dst),
+            sport: e.sport,
+            dport: e.dport,
+            proto: proto_name(e.proto),
+            verdict: match e.verdict {
+                0 => "passed",
+                1 => "redirected",
+                _ => "dropped",
+            },
+            reason: match e.reason {
+                0 => "",
+                1 => "spoofed-ip",
+                2 => "spoofed-mac",
+                3 => "spoofed-arp",
+                4 => "spoofed-nd",
+                5 => "policy",
+                6 => "no-endpoint",
+                _ => "parse-error",
+            },
+            direction: if e.dir == 2 { "to-pod" } else { "from-pod" },
+            ifindex: e.ifindex,
+        }
     }
 }
 
@@ -235,5 +530,34 @@ mod tests {
         assert_eq!(&b[4..10], &[1, 2, 3, 4, 5, 6]);
         let back: endpoint_info = from_bytes(b);
         assert_eq!(back.ifindex, 7);
+    }
+
+    #[test]
+    fn ipcache_prefix_lengths_cover_set_and_family() {
+        let v4: Cidr = "10.0.0.0/8".parse().unwrap();
+        let k = ipcache_key_of(1, &v4);
+        assert_eq!(k.prefixlen, 32 + 96 + 8);
+        assert_eq!(k.set, 1);
+        let v6: Cidr = "fd00::/64".parse().unwrap();
+        assert_eq!(ipcache_key_of(0, &v6).prefixlen, 32 + 64);
+        assert_eq!(std::mem::size_of::<ipcache_key>(), 24);
+        assert_eq!(std::mem::size_of::<policy_key>(), 12);
+    }
+
+    #[test]
+    fn policy_keys_pack_direction_and_set() {
+        let e = PolicyEntry {
+            set: 1,
+            dir: Direction::Ingress,
+            subject: 300,
+            peer: 0,
+            proto: 6,
+            port: 80,
+            verdict: Verdict::Allow,
+            rule: 9,
+        };
+        let k = policy_key_of(&e);
+        assert_eq!(k.dir_set, 0x12);
+        assert_eq!((k.subject, k.peer, k.proto, k.dport), (300, 0, 6, 80));
     }
 }

@@ -3,6 +3,7 @@
 //! access to its maps. The rest of the crate goes through this module only.
 
 mod attach;
+pub mod bench;
 mod maps;
 mod pins;
 
@@ -12,8 +13,12 @@ mod skel {
 }
 
 pub use attach::{detach, AttachMode, Attached};
-pub use maps::{EndpointEntry, Maps, ENDPOINT_F_TC, ENDPOINT_F_TCX};
-pub use pins::{bpffs_available, network_dir, probe_load, Datapath};
+pub use maps::{
+    event, proto_name, proto_number, Direction, EndpointEntry, IpcacheEntry, Maps, PodEntry, PolicyEntry, Settings,
+    Verdict, ENDPOINT_F_TC, ENDPOINT_F_TCX, IDENTITY_ANY, IDENTITY_CIDR_MIN, IDENTITY_POD_MIN, IDENTITY_WORLD,
+    ISOLATED_EGRESS, ISOLATED_INGRESS, SETTINGS_F_HAS_DENY, SETTINGS_F_POLICY, SETTINGS_F_TRACE_FLOWS,
+};
+pub use pins::{bpffs_available, lock_dir, network_dir, probe_load, Datapath};
 
 /// Identifies the BPF program this binary carries (a hash of its sources).
 pub const BPF_ID: &str = env!("EBPFCNI_BPF_ID");

@@ -1,9 +1,10 @@
 //! Loading the program once per node and sharing it through bpffs pins:
 //!
 //! ```text
-//! <bpfPinPath>/<network>/endpoints, stats, iprules   maps
-//! <bpfPinPath>/<network>/from_pod_<BPF_ID>           the program
-//! <bpfPinPath>/<network>/links/<host veth>           TCX links (one per pod)
+//! <bpfPinPath>/<network>/endpoints, pods, stats, ipcache, iprules,
+//!                         identity_flags, settings, conntrack, events   maps
+//! <bpfPinPath>/<network>/from_pod_<BPF_ID>, to_pod_<BPF_ID>   programs
+//! <bpfPinPath>/<network>/links/<host veth>/ingress, egress    TCX links
 //! ```
 //!
 //! Every CNI invocation is a short-lived process: the first one loads and
@@ -23,7 +24,7 @@ use nix::fcntl::{Flock, FlockArg};
 use nix::mount::{mount, MsFlags};
 use nix::sys::statfs::statfs;
 
-use super::maps::Maps;
+use super::maps::{Maps, MAP_NAMES};
 use super::skel::DatapathSkelBuilder;
 use super::{attach, BPF_ID};
 
@@ -31,6 +32,7 @@ use super::{attach, BPF_ID};
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
 const PROG_PREFIX: &str = "from_pod_";
+const PROG_TO_PREFIX: &str = "to_pod_";
 pub(super) const LINKS_DIR: &str = "links";
 
 pub fn network_dir(pin_root: &Path, network: &str) -> PathBuf {
@@ -73,11 +75,31 @@ pub fn ensure_bpffs(pin_root: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The program and maps of one network, pinned and ready to attach.
+/// The programs and maps of one network, pinned and ready to attach.
 pub struct Datapath {
     pub dir: PathBuf,
+    /// `from_pod`, for the host veth's ingress.
     pub prog: OwnedFd,
+    /// `to_pod`, for the host veth's egress.
+    pub prog_to: OwnedFd,
     pub maps: Maps,
+}
+
+fn open_prog(dir: &Path, prefix: &str) -> Result<OwnedFd> {
+    let pin = dir.join(format!("{prefix}{BPF_ID}"));
+    Program::fd_from_pinned_path(&pin).with_context(|| format!("open pinned program {}", pin.display()))
+}
+
+/// Holds a network's pin directory lock: loading, and every change of
+/// the policy set, happen under it.
+pub struct DirLock(#[allow(dead_code)] Flock<File>);
+
+pub fn lock_dir(dir: &Path) -> Result<DirLock> {
+    let dir_file = File::open(dir).with_context(|| format!("open {}", dir.display()))?;
+    Flock::lock(dir_file, FlockArg::LockExclusive)
+        .map(DirLock)
+        .map_err(|(_, e)| e)
+        .with_context(|| format!("lock {}", dir.display()))
 }
 
 impl Datapath {
@@ -87,20 +109,19 @@ impl Datapath {
         ensure_bpffs(pin_root)?;
         let dir = network_dir(pin_root, network);
         fs::create_dir_all(dir.join(LINKS_DIR)).with_context(|| format!("create pin directory {}", dir.display()))?;
-        let dir_file = File::open(&dir).with_context(|| format!("open {}", dir.display()))?;
-        let _lock = Flock::lock(dir_file, FlockArg::LockExclusive)
-            .map_err(|(_, e)| e)
-            .with_context(|| format!("lock {}", dir.display()))?;
-
-        let prog_pin = dir.join(format!("{PROG_PREFIX}{BPF_ID}"));
-        if !prog_pin.exists() {
-            load_and_pin(&dir, &prog_pin)?;
+        let _lock = lock_dir(&dir)?;
+        if !dir.join(format!("{PROG_PREFIX}{BPF_ID}")).exists()
+            || !dir.join(format!("{PROG_TO_PREFIX}{BPF_ID}")).exists()
+        {
+            load_and_pin(&dir)?;
         }
         remove_temporaries(&dir);
-        let prog = Program::fd_from_pinned_path(&prog_pin)
-            .with_context(|| format!("open pinned program {}", prog_pin.display()))?;
-        let maps = Maps::open(&dir)?;
-        Ok(Datapath { dir, prog, maps })
+        Ok(Datapath {
+            prog: open_prog(&dir, PROG_PREFIX)?,
+            prog_to: open_prog(&dir, PROG_TO_PREFIX)?,
+            maps: Maps::open(&dir)?,
+            dir,
+        })
     }
 }
 
@@ -109,14 +130,15 @@ impl Datapath {
     /// binary's program is not pinned for the network.
     pub fn open_pinned(pin_root: &Path, network: &str) -> Result<Option<Self>> {
         let dir = network_dir(pin_root, network);
-        let prog_pin = dir.join(format!("{PROG_PREFIX}{BPF_ID}"));
-        if !prog_pin.exists() {
+        if !dir.join(format!("{PROG_PREFIX}{BPF_ID}")).exists() {
             return Ok(None);
         }
-        let prog = Program::fd_from_pinned_path(&prog_pin)
-            .with_context(|| format!("open pinned program {}", prog_pin.display()))?;
-        let maps = Maps::open(&dir)?;
-        Ok(Some(Datapath { dir, prog, maps }))
+        Ok(Some(Datapath {
+            prog: open_prog(&dir, PROG_PREFIX)?,
+            prog_to: open_prog(&dir, PROG_TO_PREFIX)?,
+            maps: Maps::open(&dir)?,
+            dir,
+        }))
     }
 }
 
@@ -135,15 +157,16 @@ pub fn bpffs_available(pin_root: &Path) -> bool {
     is_bpffs(existing) || (pin_root.starts_with(DEFAULT_BPFFS) && Path::new(DEFAULT_BPFFS).is_dir())
 }
 
-fn load_and_pin(dir: &Path, prog_pin: &Path) -> Result<()> {
+fn load_and_pin(dir: &Path) -> Result<()> {
     let mut object = MaybeUninit::uninit();
     let mut open = DatapathSkelBuilder::default().open(&mut object).context("open BPF skeleton")?;
     // libbpf reuses a compatible map already pinned there, else pins the
     // new one after load: pods keep their entries across upgrades.
-    for (name, map) in
-        [("endpoints", &mut open.maps.endpoints), ("stats", &mut open.maps.stats), ("iprules", &mut open.maps.iprules)]
-    {
-        map.set_pin_path(dir.join(name)).with_context(|| format!("set pin path of map {name}"))?;
+    for mut map in open.open_object_mut().maps_mut() {
+        let name = map.name().to_string_lossy().into_owned();
+        if MAP_NAMES.contains(&name.as_str()) {
+            map.set_pin_path(dir.join(&name)).with_context(|| format!("set pin path of map {name}"))?;
+        }
     }
     let mut skel = open.load().with_context(|| {
         format!(
@@ -151,17 +174,22 @@ fn load_and_pin(dir: &Path, prog_pin: &Path) -> Result<()> {
             dir.display()
         )
     })?;
-    // bpffs refuses '.' in names: no dot-file temporaries here.
-    let tmp = dir.join(format!("tmp_{PROG_PREFIX}{BPF_ID}_{}", std::process::id()));
-    skel.progs.from_pod.pin(&tmp).with_context(|| format!("pin program at {}", tmp.display()))?;
-    fs::rename(&tmp, prog_pin).with_context(|| format!("pin program at {}", prog_pin.display()))?;
+    for (prefix, prog) in [(PROG_PREFIX, &mut skel.progs.from_pod), (PROG_TO_PREFIX, &mut skel.progs.to_pod)] {
+        // bpffs refuses '.' in names: no dot-file temporaries here.
+        let tmp = dir.join(format!("tmp_{prefix}{BPF_ID}_{}", std::process::id()));
+        let pin = dir.join(format!("{prefix}{BPF_ID}"));
+        let _ = fs::remove_file(&pin);
+        prog.pin(&tmp).with_context(|| format!("pin program at {}", tmp.display()))?;
+        fs::rename(&tmp, &pin).with_context(|| format!("pin program at {}", pin.display()))?;
+    }
 
-    let prog = &skel.progs.from_pod;
-    move_attachments(dir, prog.as_fd(), |link| link.update_prog(prog))?;
+    let (from, to) = (&skel.progs.from_pod, &skel.progs.to_pod);
+    move_attachments(dir, from.as_fd(), to.as_fd(), |link, egress| link.update_prog(if egress { to } else { from }))?;
     for entry in fs::read_dir(dir)? {
         let path = entry?.path();
         let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
-        if name.starts_with(PROG_PREFIX) && path != prog_pin {
+        let ours = name == format!("{PROG_PREFIX}{BPF_ID}") || name == format!("{PROG_TO_PREFIX}{BPF_ID}");
+        if (name.starts_with(PROG_PREFIX) || name.starts_with(PROG_TO_PREFIX)) && !ours {
             fs::remove_file(&path).with_context(|| format!("unpin old program {}", path.display()))?;
         }
     }
@@ -182,21 +210,24 @@ fn remove_temporaries(dir: &Path) {
 /// links are updated in place, clsact filters replaced (both atomic).
 fn move_attachments(
     dir: &Path,
-    prog: std::os::fd::BorrowedFd<'_>,
-    update: impl Fn(&mut Link) -> libbpf_rs::Result<()>,
+    from: std::os::fd::BorrowedFd<'_>,
+    to: std::os::fd::BorrowedFd<'_>,
+    update: impl Fn(&mut Link, bool) -> libbpf_rs::Result<()>,
 ) -> Result<()> {
-    for entry in fs::read_dir(dir.join(LINKS_DIR))? {
-        let path = entry?.path();
-        let mut link = Link::open(&path).with_context(|| format!("open link {}", path.display()))?;
-        if let Err(e) = update(&mut link) {
-            // A link whose veth is gone cannot be updated; DEL removes it.
-            eprintln!("ebpfcni: could not move {} to the new program: {e}", path.display());
+    for pod in fs::read_dir(dir.join(LINKS_DIR))?.flatten() {
+        for (name, egress) in [("ingress", false), ("egress", true)] {
+            let path = pod.path().join(name);
+            let Ok(mut link) = Link::open(&path) else { continue };
+            if let Err(e) = update(&mut link, egress) {
+                // A link whose veth is gone cannot be updated; DEL removes it.
+                eprintln!("ebpfcni: could not move {} to the new program: {e}", path.display());
+            }
         }
     }
     let maps = Maps::open(dir)?;
     for ep in maps.endpoints()? {
         if ep.flags & super::ENDPOINT_F_TC != 0 {
-            if let Err(e) = attach::replace_clsact(prog, ep.ifindex) {
+            if let Err(e) = attach::replace_clsact(from, to, ep.ifindex) {
                 eprintln!("ebpfcni: could not move ifindex {} to the new program: {e}", ep.ifindex);
             }
         }

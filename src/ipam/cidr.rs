@@ -8,7 +8,7 @@ use std::str::FromStr;
 use anyhow::{bail, Context, Result};
 
 /// An address with its prefix length, e.g. `10.244.1.5/24`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Cidr {
     pub addr: IpAddr,
     pub prefix: u8,

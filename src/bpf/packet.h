@@ -1,0 +1,147 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Packet parsing: addresses, L4 ports and the ICMP details policy and
+ * anti-spoofing need. Every access is bounds checked first. */
+#ifndef EBPFCNI_PACKET_H
+#define EBPFCNI_PACKET_H
+
+#define ETH_P_IP 0x0800
+#define ETH_P_IPV6 0x86DD
+#define ETH_P_ARP 0x0806
+#define IPPROTO_ICMP_ 1
+#define IPPROTO_TCP_ 6
+#define IPPROTO_UDP_ 17
+#define IPPROTO_ICMPV6_ 58
+#define IPPROTO_SCTP_ 132
+#define ICMP_ECHOREPLY_ 0
+#define ICMP_ECHO_ 8
+#define ICMPV6_ECHO_REQUEST_ 128
+#define ICMPV6_ECHO_REPLY_ 129
+#define NDISC_ROUTER_SOLICITATION_ 133
+#define NDISC_NEIGHBOUR_ADVERTISEMENT_ 136
+#define NDISC_REDIRECT_ 137
+
+enum parse_result {
+	PARSE_NOT_IP = 0, /* ARP or another L2 protocol */
+	PARSE_IP = 1,
+	PARSE_ERROR = -1, /* truncated or malformed */
+};
+
+struct packet {
+	struct ip_key src;
+	struct ip_key dst;
+	__u16 sport; /* host order */
+	__u16 dport;
+	__u8 proto;
+	__u8 family; /* 4 or 6 */
+	__u8 nd;     /* ICMPv6 neighbour discovery (types 133-137) */
+	__u8 has_na_target;
+	struct ip_key na_target; /* neighbour advertisement's target */
+};
+
+static __always_inline void ip_key_set_v4(struct ip_key *key, __be32 addr)
+{
+	__builtin_memset(key->addr, 0, 10);
+	key->addr[10] = 0xff;
+	key->addr[11] = 0xff;
+	__builtin_memcpy(&key->addr[12], &addr, 4);
+}
+
+static __always_inline int ip_key_is_v4(const struct ip_key *key)
+{
+	return key->addr[10] == 0xff && key->addr[11] == 0xff && !key->addr[0] && !key->addr[1] &&
+	       !key->addr[2] && !key->addr[3] && !key->addr[4] && !key->addr[5] && !key->addr[6] &&
+	       !key->addr[7] && !key->addr[8] && !key->addr[9];
+}
+
+/* fe80::/10 and the unspecified address: what a pod legitimately uses
+ * for neighbour discovery before and besides its own addresses. */
+static __always_inline int ip_key_is_link_local_or_any(const struct ip_key *key)
+{
+	if (key->addr[0] == 0xfe && (key->addr[1] & 0xc0) == 0x80)
+		return 1;
+	for (int i = 0; i < 16; i++)
+		if (key->addr[i])
+			return 0;
+	return 1;
+}
+
+static __always_inline int packet_parse_l4(void *l4, void *data_end, struct packet *p)
+{
+	if (p->proto == IPPROTO_TCP_ || p->proto == IPPROTO_UDP_ || p->proto == IPPROTO_SCTP_) {
+		__be16 *ports = l4;
+
+		if ((void *)(ports + 2) > data_end)
+			return PARSE_ERROR;
+		p->sport = bpf_ntohs(ports[0]);
+		p->dport = bpf_ntohs(ports[1]);
+	} else if (p->proto == IPPROTO_ICMP_ || p->proto == IPPROTO_ICMPV6_) {
+		__u8 *icmp = l4;
+		__u16 id;
+
+		if ((void *)(icmp + 8) > data_end)
+			return PARSE_ERROR;
+		id = ((__u16)icmp[4] << 8) | icmp[5];
+		/* Echo request and reply share the id: as source "port" of the
+		 * request and destination "port" of the reply, so a reply's
+		 * tuple reversed is its request's. */
+		if (icmp[0] == ICMP_ECHO_ && p->proto == IPPROTO_ICMP_)
+			p->sport = id;
+		else if (icmp[0] == ICMP_ECHOREPLY_ && p->proto == IPPROTO_ICMP_)
+			p->dport = id;
+		else if (icmp[0] == ICMPV6_ECHO_REQUEST_ && p->proto == IPPROTO_ICMPV6_)
+			p->sport = id;
+		else if (icmp[0] == ICMPV6_ECHO_REPLY_ && p->proto == IPPROTO_ICMPV6_)
+			p->dport = id;
+		if (p->proto == IPPROTO_ICMPV6_ && icmp[0] >= NDISC_ROUTER_SOLICITATION_ &&
+		    icmp[0] <= NDISC_REDIRECT_) {
+			p->nd = 1;
+			if (icmp[0] == NDISC_NEIGHBOUR_ADVERTISEMENT_) {
+				if ((void *)(icmp + 24) > data_end)
+					return PARSE_ERROR;
+				__builtin_memcpy(p->na_target.addr, icmp + 8, 16);
+				p->has_na_target = 1;
+			}
+		}
+	}
+	return PARSE_IP;
+}
+
+/* Fills p from an Ethernet frame. */
+static __always_inline int packet_parse(struct __sk_buff *skb, struct packet *p)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+
+	if ((void *)(eth + 1) > data_end)
+		return PARSE_ERROR;
+
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = (void *)(eth + 1);
+
+		if ((void *)(ip + 1) > data_end || ip->ihl < 5)
+			return PARSE_ERROR;
+		ip_key_set_v4(&p->src, ip->saddr);
+		ip_key_set_v4(&p->dst, ip->daddr);
+		p->family = 4;
+		p->proto = ip->protocol;
+		/* Later fragments carry no L4 header. */
+		if (ip->frag_off & bpf_htons(0x1fff))
+			return PARSE_IP;
+		return packet_parse_l4((void *)ip + ip->ihl * 4, data_end, p);
+	}
+	if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = (void *)(eth + 1);
+
+		if ((void *)(ip6 + 1) > data_end)
+			return PARSE_ERROR;
+		__builtin_memcpy(p->src.addr, &ip6->saddr, 16);
+		__builtin_memcpy(p->dst.addr, &ip6->daddr, 16);
+		p->family = 6;
+		p->proto = ip6->nexthdr;
+		return packet_parse_l4(ip6 + 1, data_end, p);
+	}
+	return PARSE_NOT_IP;
+}
+
+#endif

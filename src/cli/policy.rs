@@ -1,0 +1,142 @@
+//! `ebpfcni policy allow|deny|delete|list|sync`.
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Args, Subcommand};
+
+use super::Target;
+use crate::datapath::{lock_dir, proto_number};
+use crate::policy::{self, Rule};
+
+#[derive(Subcommand)]
+pub enum PolicyCommand {
+    /// Allow traffic from SRC to DST (pod address, CIDR or "any"); replies pass too.
+    Allow(RuleArgs),
+    /// Deny traffic from SRC to DST; explicit denies win over allows.
+    Deny(RuleArgs),
+    /// Delete a rule by its number (see `policy list`).
+    Delete {
+        rule: u32,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// List the active rules.
+    List {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace all rules with what Kubernetes NetworkPolicies mean, from
+    /// `kubectl get pods,networkpolicies -A -o json` (namespaces optional).
+    Sync {
+        /// The JSON file, or - for standard input.
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Args)]
+pub struct RuleArgs {
+    src: String,
+    dst: String,
+    /// tcp, udp, sctp, icmp, icmpv6, a number, or any.
+    #[arg(long, default_value = "any")]
+    proto: String,
+    /// Destination port (0: any).
+    #[arg(long, default_value_t = 0)]
+    port: u16,
+    #[command(flatten)]
+    target: Target,
+}
+
+fn rule(args: &RuleArgs, deny: bool) -> Result<Rule> {
+    Ok(Rule {
+        src: args.src.parse().with_context(|| format!("source {}", args.src))?,
+        dst: args.dst.parse().with_context(|| format!("destination {}", args.dst))?,
+        proto: proto_number(&args.proto).ok_or_else(|| anyhow!("unknown protocol {:?}", args.proto))?,
+        port: args.port,
+        deny,
+    })
+}
+
+pub fn run(cmd: PolicyCommand) -> Result<()> {
+    match cmd {
+        PolicyCommand::Allow(args) => add(&args, false),
+        PolicyCommand::Deny(args) => add(&args, true),
+        PolicyCommand::Delete { rule, target } => {
+            let (dir, maps) = target.open()?;
+            let _lock = lock_dir(&dir)?;
+            if !policy::delete_rule(&maps, rule)? {
+                bail!("no rule {rule}");
+            }
+            println!("deleted rule {rule}");
+            Ok(())
+        }
+        PolicyCommand::List { target, json } => {
+            let (_, maps) = target.open()?;
+            let views = policy::describe(&maps)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&views)?);
+            } else {
+                println!(
+                    "{:>5} {:<8} {:<30} {:<30} {:<6} {:>5} VERDICT",
+                    "RULE", "DIR", "SUBJECT", "PEER", "PROTO", "PORT"
+                );
+                for v in views {
+                    println!(
+                        "{:>5} {:<8} {:<30} {:<30} {:<6} {:>5} {}",
+                        v.rule,
+                        format!("{:?}", v.direction).to_lowercase(),
+                        v.subject,
+                        v.peer,
+                        v.proto,
+                        v.port,
+                        v.verdict
+                    );
+                }
+            }
+            Ok(())
+        }
+        PolicyCommand::Sync { file, target } => {
+            let mut text = String::new();
+            if file.as_os_str() == "-" {
+                std::io::stdin().read_to_string(&mut text)?;
+            } else {
+                text = std::fs::read_to_string(&file).with_context(|| format!("read {}", file.display()))?;
+            }
+            let input: serde_json::Value = serde_json::from_str(&text).context("parse Kubernetes objects")?;
+            let (dir, maps) = target.open()?;
+            let _lock = lock_dir(&dir)?;
+            let new = policy::k8s::compile(&input, &policy::current(&maps)?)?;
+            policy::apply(&maps, &new)?;
+            println!(
+                "synced: {} identities, {} isolated, {} entries",
+                new.ipcache.len(),
+                new.isolation.len(),
+                new.entries.len()
+            );
+            Ok(())
+        }
+    }
+}
+
+fn add(args: &RuleArgs, deny: bool) -> Result<()> {
+    let rule = rule(args, deny)?;
+    let (dir, maps) = args.target.open()?;
+    let _lock = lock_dir(&dir)?;
+    let id = policy::add_rule(&maps, &rule)?;
+    let port = if rule.port == 0 { String::new() } else { format!(" port {}", rule.port) };
+    println!(
+        "rule {id}: {} {} -> {} {}{port}",
+        if deny { "deny" } else { "allow" },
+        rule.src,
+        rule.dst,
+        crate::datapath::proto_name(rule.proto)
+    );
+    Ok(())
+}

@@ -1,0 +1,150 @@
+//! Writing a rule set into the maps atomically, reading the active one
+//! back, and the per-pod entries ADD and DEL maintain.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use anyhow::Result;
+
+use super::{Entry, PolicySet, PER_POD_IDENTITY_BASE};
+use crate::datapath::{
+    IpcacheEntry, Maps, Settings, IDENTITY_POD_MIN, SETTINGS_F_HAS_DENY, SETTINGS_F_POLICY, SETTINGS_F_TRACE_FLOWS,
+};
+use crate::ipam::Cidr;
+
+/// Packets that read the old set before the switch finish within
+/// microseconds (programs run under RCU); this is far longer.
+const GRACE: Duration = Duration::from_millis(20);
+
+fn host_prefix(ip: IpAddr) -> Cidr {
+    Cidr { addr: ip, prefix: if ip.is_ipv4() { 32 } else { 128 } }
+}
+
+/// The active rule set, as the datapath sees it.
+pub fn current(maps: &Maps) -> Result<PolicySet> {
+    let set = maps.settings()?.active_set as u8 & 1;
+    let mut out = PolicySet::default();
+    for e in maps.ipcache()?.into_iter().filter(|e| e.set == set) {
+        out.ipcache.insert(e.prefix, e.identity);
+    }
+    for (s, id, flags) in maps.identity_flags()? {
+        if s == set {
+            out.isolation.insert(id, flags);
+        }
+    }
+    for e in maps.policy()?.iter().filter(|e| e.set == set) {
+        out.entries.insert(Entry::from_map(e));
+    }
+    Ok(out)
+}
+
+fn clear_set(maps: &Maps, set: u8) -> Result<()> {
+    for e in maps.ipcache()?.into_iter().filter(|e| e.set == set) {
+        maps.remove_ipcache(set, &e.prefix)?;
+    }
+    for (s, id, _) in maps.identity_flags()? {
+        if s == set {
+            maps.remove_identity_flags(set, id)?;
+        }
+    }
+    for e in maps.policy()?.into_iter().filter(|e| e.set == set) {
+        maps.remove_policy(&e)?;
+    }
+    Ok(())
+}
+
+/// Replaces the active rule set with `new`. The caller holds the network's
+/// pin directory lock.
+pub fn apply(maps: &Maps, new: &PolicySet) -> Result<()> {
+    let mut s = maps.settings()?;
+    let old = s.active_set as u8 & 1;
+    let next = old ^ 1;
+    clear_set(maps, next)?; // leftovers of an interrupted apply
+    for (prefix, identity) in &new.ipcache {
+        maps.put_ipcache(&IpcacheEntry { set: next, prefix: *prefix, identity: *identity })?;
+    }
+    for (identity, flags) in &new.isolation {
+        maps.put_identity_flags(next, *identity, *flags)?;
+    }
+    for e in &new.entries {
+        maps.put_policy(&e.to_map(next))?;
+    }
+    s.active_set = u32::from(next);
+    s.generation = s.generation.wrapping_add(1);
+    s.flags &= SETTINGS_F_TRACE_FLOWS;
+    if !new.entries.is_empty() || !new.isolation.is_empty() {
+        s.flags |= SETTINGS_F_POLICY;
+    }
+    if new.entries.iter().any(|e| e.deny) {
+        s.flags |= SETTINGS_F_HAS_DENY;
+    }
+    maps.put_settings(&s)?; // the switch: one map update
+    std::thread::sleep(GRACE);
+    clear_set(maps, old)
+}
+
+/// Records the network's default action (from its config) at every ADD.
+pub fn set_default_deny(maps: &Maps, deny: bool) -> Result<()> {
+    let mut s = maps.settings()?;
+    if s.default_deny != deny {
+        s.default_deny = deny;
+        s.generation = s.generation.wrapping_add(1);
+        maps.put_settings(&s)?;
+    }
+    Ok(())
+}
+
+pub fn set_trace_flows(maps: &Maps, on: bool) -> Result<()> {
+    let mut s: Settings = maps.settings()?;
+    if on {
+        s.flags |= SETTINGS_F_TRACE_FLOWS;
+    } else {
+        s.flags &= !SETTINGS_F_TRACE_FLOWS;
+    }
+    maps.put_settings(&s)
+}
+
+/// Gives a new pod's addresses an identity of their own in the active set
+/// (a later sync may group it with pods of the same labels). Idempotent.
+pub fn register_pod(maps: &Maps, ips: &[IpAddr], ifindex: u32) -> Result<()> {
+    let set = maps.settings()?.active_set as u8 & 1;
+    let identity = PER_POD_IDENTITY_BASE + (ifindex & 0x7f_ffff);
+    let current: Vec<IpcacheEntry> = maps.ipcache()?;
+    for ip in ips {
+        let prefix = host_prefix(*ip);
+        // Keep the identity a sync already gave this address.
+        let known = current.iter().any(|e| e.set == set && e.prefix == prefix && e.identity >= IDENTITY_POD_MIN);
+        if !known {
+            maps.put_ipcache(&IpcacheEntry { set, prefix, identity })?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes a pod's addresses from both sets, and the rules and isolation
+/// of its own identity (nobody else holds it).
+pub fn unregister_pod(maps: &Maps, ips: &[IpAddr]) -> Result<()> {
+    let mut own = Vec::new();
+    for e in maps.ipcache()? {
+        if ips.iter().any(|ip| host_prefix(*ip) == e.prefix) {
+            if e.identity >= PER_POD_IDENTITY_BASE && e.identity < crate::datapath::IDENTITY_CIDR_MIN {
+                own.push(e.identity);
+            }
+            maps.remove_ipcache(e.set, &e.prefix)?;
+        }
+    }
+    if own.is_empty() {
+        return Ok(());
+    }
+    for e in maps.policy()? {
+        if own.contains(&e.subject) || own.contains(&e.peer) {
+            maps.remove_policy(&e)?;
+        }
+    }
+    for (set, id, _) in maps.identity_flags()? {
+        if own.contains(&id) {
+            maps.remove_identity_flags(set, id)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,175 @@
+//! Hand-made rules (`ebpfcni policy allow|deny|delete|list`): a source and
+//! a destination (a pod address, a CIDR, or any), a protocol and a
+//! destination port. A rule becomes one egress entry for the source's
+//! identities and one ingress entry for the destination's, so it holds
+//! whichever side is isolated.
+
+use std::fmt;
+use std::str::FromStr;
+
+use anyhow::{bail, Result};
+use serde::Serialize;
+
+use super::{apply, current, Entry, PolicySet};
+use crate::datapath::{proto_name, Direction, Maps, IDENTITY_ANY, IDENTITY_CIDR_MIN, IDENTITY_WORLD};
+use crate::ipam::Cidr;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Peer {
+    Any,
+    Prefix(Cidr),
+}
+
+impl FromStr for Peer {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        if s == "any" {
+            return Ok(Peer::Any);
+        }
+        if s.contains('/') {
+            return Ok(Peer::Prefix(s.parse::<Cidr>()?.as_network()));
+        }
+        let ip: std::net::IpAddr = s.parse().map_err(|_| anyhow::anyhow!("{s:?} is not an address, a CIDR or any"))?;
+        Ok(Peer::Prefix(Cidr { addr: ip, prefix: if ip.is_ipv4() { 32 } else { 128 } }))
+    }
+}
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Peer::Any => f.write_str("any"),
+            Peer::Prefix(p) if p.prefix == 32 || p.prefix == 128 => write!(f, "{}", p.addr),
+            Peer::Prefix(p) => write!(f, "{p}"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    pub src: Peer,
+    pub dst: Peer,
+    /// 0: every protocol.
+    pub proto: u8,
+    /// 0: every port.
+    pub port: u16,
+    pub deny: bool,
+}
+
+/// The identities a rule side stands for, creating the CIDR's own identity
+/// (for addresses in it that are not pods) when needed.
+fn identities_for(set: &mut PolicySet, peer: Peer) -> Vec<u32> {
+    let Peer::Prefix(p) = peer else { return vec![IDENTITY_ANY] };
+    let host = p.prefix == 32 || p.prefix == 128;
+    if host {
+        if let Some(id) = set.ipcache.get(&p) {
+            return vec![*id];
+        }
+    }
+    let mut ids: Vec<u32> = set
+        .ipcache
+        .iter()
+        .filter(|(q, _)| q.is_ipv4() == p.is_ipv4() && q.prefix >= p.prefix && p.contains(q.addr))
+        .map(|(_, id)| *id)
+        .collect();
+    if !set.ipcache.contains_key(&p) {
+        let next = set
+            .ipcache
+            .values()
+            .copied()
+            .filter(|id| *id >= IDENTITY_CIDR_MIN)
+            .max()
+            .map_or(IDENTITY_CIDR_MIN, |m| m + 1);
+        set.ipcache.insert(p, next);
+        ids.push(next);
+    }
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
+/// Adds the rule to the active set; returns its number.
+pub fn add_rule(maps: &Maps, rule: &Rule) -> Result<u32> {
+    if rule.port != 0 && !matches!(rule.proto, 6 | 17 | 132) {
+        bail!("a port needs --proto tcp, udp or sctp");
+    }
+    let mut set = current(maps)?;
+    let id = set.entries.iter().map(|e| e.rule).max().unwrap_or(0) + 1;
+    let srcs = identities_for(&mut set, rule.src);
+    let dsts = identities_for(&mut set, rule.dst);
+    for s in &srcs {
+        for d in &dsts {
+            let base = Entry {
+                dir: Direction::Egress,
+                subject: *s,
+                peer: *d,
+                proto: rule.proto,
+                port: rule.port,
+                deny: rule.deny,
+                rule: id,
+            };
+            set.entries.insert(base);
+            set.entries.insert(Entry { dir: Direction::Ingress, subject: *d, peer: *s, ..base });
+        }
+    }
+    apply(maps, &set)?;
+    Ok(id)
+}
+
+/// Removes every entry of rule `id`; false when there was none.
+pub fn delete_rule(maps: &Maps, id: u32) -> Result<bool> {
+    let mut set = current(maps)?;
+    let before = set.entries.len();
+    set.entries.retain(|e| e.rule != id);
+    if set.entries.len() == before {
+        return Ok(false);
+    }
+    apply(maps, &set)?;
+    Ok(true)
+}
+
+/// A rule entry as an operator reads it.
+#[derive(Clone, Debug, Serialize)]
+pub struct RuleView {
+    pub rule: u32,
+    pub direction: Direction,
+    pub subject: String,
+    pub peer: String,
+    pub proto: String,
+    pub port: u16,
+    pub verdict: &'static str,
+}
+
+/// Names an identity by what the ipcache maps to it.
+fn identity_name(set: &PolicySet, id: u32) -> String {
+    match id {
+        IDENTITY_ANY => "any".into(),
+        IDENTITY_WORLD => "world".into(),
+        _ => {
+            let prefixes: Vec<String> =
+                set.ipcache.iter().filter(|(_, i)| **i == id).map(|(p, _)| Peer::Prefix(*p).to_string()).collect();
+            if prefixes.is_empty() {
+                format!("identity {id}")
+            } else {
+                prefixes.join(",")
+            }
+        }
+    }
+}
+
+/// Every entry of the active set, with identities named.
+pub fn describe(maps: &Maps) -> Result<Vec<RuleView>> {
+    let set = current(maps)?;
+    Ok(set
+        .entries
+        .iter()
+        .map(|e| RuleView {
+            rule: e.rule,
+            direction: e.dir,
+            subject: identity_name(&set, e.subject),
+            peer: identity_name(&set, e.peer),
+            proto: proto_name(e.proto),
+            port: e.port,
+            verdict: if e.deny { "deny" } else { "allow" },
+        })
+        .collect())
+}
