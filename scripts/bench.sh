@@ -75,3 +75,15 @@ for m in tcx tc; do
         "$(ratio "$add_mean" "$ref_add_mean")" "$(ratio "$del_mean" "$ref_del_mean")"
 done
 echo "(target: ebpfcni ADD mean <= 0.50 x reference)"
+
+# Per packet: from_pod run by the kernel on a synthetic TCP SYN
+# (BPF_PROG_TEST_RUN), default deny, the flow allowed by one of N rules,
+# with N endpoints, pod identities and rules. The cost must stay flat.
+printf '\nclassifier cost per packet (BPF_PROG_TEST_RUN, 1e6 packets each)\n'
+printf '%-30s %12s %10s\n' "endpoints = identities = rules" "ns/packet" "vs 10"
+base=""
+for n in 10 1000 10000; do
+    ns=$("$BIN" bench-datapath --entries "$n" --repeat 1000000 | sed 's/.*"ns_per_packet": \([0-9]*\).*/\1/')
+    [[ -z $base ]] && base=$ns
+    printf '%-30s %12s %10s\n' "$n" "$ns" "$(ratio "$ns" "$base")"
+done

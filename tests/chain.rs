@@ -125,17 +125,19 @@ fn chained_with_portmap_bandwidth_and_tuning() {
     let id = "chain-pod";
     net.pods.push((ns.clone(), id.into(), "eth0".into()));
 
-    let result = chain.add(id, &netns);
-    // Even if an assertion fails, the reference plugins' state goes too.
-    struct DelOnDrop<'a>(&'a Chain, Value, String);
+    // Even if ADD or an assertion fails, every plugin's state goes, as the
+    // runtime's DEL would remove it.
+    struct DelOnDrop<'a>(&'a Chain, Option<Value>, String);
     impl Drop for DelOnDrop<'_> {
         fn drop(&mut self) {
             for p in self.0.plugins.iter().rev() {
-                let _ = self.0.invoke(p, "DEL", Some(&self.1), "chain-pod", &self.2);
+                let _ = self.0.invoke(p, "DEL", self.1.as_ref(), "chain-pod", &self.2);
             }
         }
     }
-    let _cleanup = DelOnDrop(&chain, result.clone(), netns.clone());
+    let mut cleanup = DelOnDrop(&chain, None, netns.clone());
+    let result = chain.add(id, &netns);
+    cleanup.1 = Some(result.clone());
     assert_eq!(result["ips"][0]["address"], "10.251.71.2/24", "{result}");
     let pod_ip = "10.251.71.2";
     let host_veth = host_veth_of(id);

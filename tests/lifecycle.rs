@@ -13,6 +13,8 @@ fn assert_nothing_left(net: &TestNet, host_veths: &[String]) {
     if net.pin_path.join(&net.name).join("endpoints").exists() {
         assert_eq!(net.dump("endpoints"), Vec::<Value>::new(), "endpoint entries left");
         assert_eq!(net.dump("stats"), Vec::<Value>::new(), "stats entries left");
+        assert_eq!(net.dump("pods"), Vec::<Value>::new(), "pod entries left");
+        assert_eq!(net.dump("ipcache"), Vec::<Value>::new(), "ipcache entries left");
     }
     for v in host_veths {
         assert!(!link_exists(v), "veth {v} left");

@@ -140,7 +140,9 @@ fn add_killed_at_any_point_is_cleaned_by_del_or_gc() {
     assert_eq!(net.link_pins().len(), 1);
     assert_eq!(net.dump("endpoints").len(), 1);
     for id in &ids {
-        assert!(!link_exists(&host_veth_of(id)), "veth of {id} left");
+        let veth = host_veth_of(id);
+        let detail = String::from_utf8_lossy(&sh(&format!("ip -d link show {veth}")).stdout).into_owned();
+        assert!(!link_exists(&veth), "veth of {id} left: {detail}");
     }
     assert_eq!(netns_sh(&ns, "ip -o link").lines().count(), 1, "victim netns kept an interface");
     // And the network still works for a new pod.

@@ -24,9 +24,10 @@ pub struct BenchArgs {
     /// Packets per measurement.
     #[arg(long, default_value_t = 1_000_000)]
     repeat: u32,
-    /// Interface whose index the packet arrives on (must exist).
-    #[arg(long, default_value = "lo")]
-    ifname: String,
+    /// Interface whose index the packet arrives on (any but lo; default:
+    /// the first one).
+    #[arg(long)]
+    ifname: Option<String>,
 }
 
 fn pod_ip(i: u32) -> IpAddr {
@@ -56,8 +57,16 @@ fn frame(src: Ipv4Addr, dst: Ipv4Addr, src_mac: [u8; 6]) -> Vec<u8> {
 
 pub fn run(args: &BenchArgs) -> Result<()> {
     let n = args.entries.max(2);
-    let ifindex =
-        nix::net::if_::if_nametoindex(args.ifname.as_str()).with_context(|| format!("no interface {}", args.ifname))?;
+    // The kernel resolves the context's ifindex to a device, and refuses lo.
+    let ifindex = match &args.ifname {
+        Some(name) => nix::net::if_::if_nametoindex(name.as_str()).with_context(|| format!("no interface {name}"))?,
+        None => nix::net::if_::if_nameindex()
+            .context("list interfaces")?
+            .iter()
+            .map(|i| i.index())
+            .find(|i| *i > 1)
+            .context("no interface besides lo")?,
+    };
     let mut object = MaybeUninit::uninit();
     let open = DatapathSkelBuilder::default().open(&mut object).context("open BPF skeleton")?;
     let skel = open.load().context("load BPF program")?;

@@ -59,7 +59,7 @@ fn add_in_scope<'s, 'e>(
         Some(link) => link,
         None => {
             let mac = env.requested_mac.or(conf.requested_mac);
-            host.create_veth(host_if, &env.ifname, ns.raw_fd(), conf.mtu, mac)?;
+            host.create_veth(host_if, &env.ifname, ns.raw_fd(), conf.mtu, mac, super::veth_group(&conf.name))?;
             undo.push(format!("delete veth {host_if}"), || host.delete_link(host_if).map(drop));
             host.link_by_name(host_if)?.ok_or_else(|| anyhow!("veth {host_if} vanished"))?
         }

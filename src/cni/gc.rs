@@ -53,11 +53,16 @@ pub fn gc(conf: &NetConf) -> Result<Vec<IpAddr>> {
     }
     let kept: HashSet<IpAddr> = store.leases()?.iter().map(|l| l.ip).collect();
 
-    // Attachments whose lease is already gone (a crashed ADD or DEL).
-    for pin in pinned_links(&dir) {
-        if !valid_veths.contains(&pin) {
-            datapath::detach(&dir, &pin)?;
-            host.delete_link(&pin)?;
+    // Attachments and veths whose lease is already gone, or never came (an
+    // ADD or DEL that died): found by their pins and by the device group every
+    // host veth of this network is in from its creation.
+    let group = super::veth_group(&conf.name);
+    let tagged = host.links()?.into_iter().filter(|l| l.group == group && l.name.starts_with("veth")).map(|l| l.name);
+    let orphans: HashSet<String> = pinned_links(&dir).into_iter().chain(tagged).collect();
+    for veth in orphans {
+        if !valid_veths.contains(&veth) {
+            datapath::detach(&dir, &veth)?;
+            host.delete_link(&veth)?;
         }
     }
     if let Some(maps) = maps {

@@ -36,6 +36,13 @@ pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
     format!("veth{:011x}", h & 0xfff_ffff_ffff)
 }
 
+/// The device group every host veth of `network` is in from its creation:
+/// how GC finds veths of ADDs that died before recording anything else.
+/// 0xeb prefix plus a hash of the network name; never 0 (the default).
+pub fn veth_group(network: &str) -> u32 {
+    0xeb00_0000 | (crate::fnv::fnv1a64(network.as_bytes()) as u32 & 0x00ff_ffff)
+}
+
 /// Runs one CNI command and returns the process exit code.
 pub fn main(command: &str) -> i32 {
     let mut stdin = Vec::new();

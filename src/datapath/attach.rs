@@ -1,8 +1,11 @@
-//! Attaching the program to a pod's host veth: a TCX link (pinned, so it
-//! outlives this short-lived process) where the kernel has TCX, a clsact
-//! filter otherwise. Which one is decided by a probe, never by parsing the
-//! kernel version. Nothing that another tool attached is touched: TCX
-//! appends to the chain, clsact uses our own handle and priority.
+//! Attaching the programs to a pod's host veth, `from_pod` on its ingress
+//! and `to_pod` on its egress: TCX links (pinned, so they outlive this
+//! short-lived process) where the kernel has TCX, clsact filters
+//! otherwise. Which one is decided by a probe, never by parsing the kernel
+//! version. Nothing that another tool attached is touched: TCX appends to
+//! the chain (and needs no qdisc, so plugins that install their own, like
+//! the reference bandwidth plugin, chain cleanly), clsact uses our own
+//! handle and priority.
 
 use std::ffi::CString;
 use std::fs;
@@ -172,6 +175,9 @@ impl Datapath {
 
 /// The interface a pinned TCX link is attached to, if it is a live one.
 pub fn tcx_link_ifindex(pin: &Path) -> Option<u32> {
+    if !pin.exists() {
+        return None; // spares libbpf's warning about opening nothing
+    }
     let link = libbpf_rs::Link::open(pin).ok()?;
     match link.info().ok()?.info {
         libbpf_rs::query::LinkTypeInfo::Tcx(tcx) => Some(tcx.ifindex),
@@ -198,8 +204,11 @@ fn attach_clsact(from: BorrowedFd<'_>, to: BorrowedFd<'_>, ifindex: u32, replace
     for (prog, egress) in [(from, false), (to, true)] {
         let mut hook = tc_hook(prog, ifindex, egress);
         hook.replace(replace);
-        // Creates clsact when missing; an existing qdisc is reused as it is.
-        hook.create().context("create clsact qdisc")?;
+        // Creates clsact when missing; an existing qdisc is reused as it
+        // is. Once is enough: asking again makes the kernel log "exists".
+        if !egress {
+            hook.create().context("create clsact qdisc")?;
+        }
         hook.attach().with_context(|| format!("add tc filter ({})", if egress { "egress" } else { "ingress" }))?;
     }
     Ok(())

@@ -26,6 +26,8 @@ pub struct Link {
     pub master: Option<u32>,
     /// For a veth: its peer's index (in the peer's namespace).
     pub peer: Option<u32>,
+    /// The device group (`ip link set … group`).
+    pub group: u32,
     pub mtu: u32,
     pub up: bool,
 }
@@ -57,8 +59,19 @@ fn parse_link(msg: &Ifinfomsg) -> Link {
     let mac = attrs.get_attribute(Ifla::Address).and_then(|a| <[u8; 6]>::try_from(a.rta_payload().as_ref()).ok());
     let master = attrs.get_attr_payload_as::<u32>(Ifla::Master).ok();
     let peer = attrs.get_attr_payload_as::<u32>(Ifla::Link).ok();
+    let group = attrs.get_attr_payload_as::<u32>(Ifla::Group).unwrap_or(0);
     let mtu = attrs.get_attr_payload_as::<u32>(Ifla::Mtu).unwrap_or(0);
-    Link { index: *msg.ifi_index() as u32, name, kind, mac, master, peer, mtu, up: msg.ifi_flags().contains(Iff::UP) }
+    Link {
+        index: *msg.ifi_index() as u32,
+        name,
+        kind,
+        mac,
+        master,
+        peer,
+        group,
+        mtu,
+        up: msg.ifi_flags().contains(Iff::UP),
+    }
 }
 
 impl Netlink {
@@ -94,9 +107,17 @@ impl Netlink {
             .with_context(|| format!("create bridge {name}"))
     }
 
+    /// Every link of the namespace.
+    pub fn links(&self) -> Result<Vec<Link>> {
+        let all = self.query(Rtm::Getlink, NlmF::DUMP, ifinfo(0, RtBuffer::new())?).context("list links")?;
+        Ok(all.iter().map(parse_link).collect())
+    }
+
     /// Creates a veth pair whose `peer` end is born inside the namespace
     /// `peer_netns_fd` (so its name never clashes with host links), with
-    /// `peer_mac` when given.
+    /// `peer_mac` when given. The host end is in device `group` from birth
+    /// (the kernel applies a group, unlike an alias, at creation), so it is
+    /// recognisable even if the creator dies the next instant.
     pub fn create_veth(
         &self,
         host: &str,
@@ -104,6 +125,7 @@ impl Netlink {
         peer_netns_fd: i32,
         mtu: Option<u32>,
         peer_mac: Option<[u8; 6]>,
+        group: u32,
     ) -> Result<()> {
         let mut peer_attrs = RtBuffer::new();
         peer_attrs.push(attr(Ifla::Ifname, peer)?);
@@ -121,6 +143,7 @@ impl Netlink {
         info.push(attr(IflaInfo::Data, data)?);
         let mut attrs = RtBuffer::new();
         attrs.push(attr(Ifla::Ifname, host)?);
+        attrs.push(attr(Ifla::Group, group)?);
         if let Some(mtu) = mtu {
             attrs.push(attr(Ifla::Mtu, mtu)?);
         }

@@ -261,6 +261,11 @@ impl TestNet {
         serde_json::from_slice::<Value>(&out.stdout).unwrap().as_array().unwrap().clone()
     }
 
+    /// Runs an `ebpfcni` CLI command against this network.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN).args(args).args(["--network", &self.name, "--pin-path"]).arg(&self.pin_path).output().unwrap()
+    }
+
     pub fn stats_of(&self, ip: IpAddr) -> Value {
         self.dump("stats").into_iter().find(|s| s["ip"] == json!(ip)).unwrap_or(json!({}))
     }
@@ -326,4 +331,128 @@ pub fn host_veth_of(container_id: &str) -> String {
         .bytes()
         .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3));
     format!("veth{:011x}", h & 0xfff_ffff_ffff)
+}
+
+impl Pod {
+    pub fn mac(&self) -> [u8; 6] {
+        parse_mac(netns_sh(&self.netns, "cat /sys/class/net/eth0/address").trim())
+    }
+
+    /// Sends a raw Ethernet frame out of the pod's eth0 (AF_PACKET), the
+    /// way a compromised pod would forge one.
+    pub fn send_frame(&self, frame: Vec<u8>) {
+        self.run_in(move || {
+            use nix::libc;
+            // SAFETY: plain socket calls on a valid sockaddr_ll.
+            unsafe {
+                let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+                assert!(fd >= 0, "AF_PACKET socket");
+                let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+                addr.sll_family = libc::AF_PACKET as u16;
+                addr.sll_ifindex = libc::if_nametoindex(c"eth0".as_ptr()) as i32;
+                addr.sll_halen = 6;
+                addr.sll_addr[..6].copy_from_slice(&frame[..6]);
+                let n = libc::sendto(
+                    fd,
+                    frame.as_ptr().cast(),
+                    frame.len(),
+                    0,
+                    (&addr as *const libc::sockaddr_ll).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                );
+                libc::close(fd);
+                assert_eq!(n as usize, frame.len(), "sendto");
+            }
+        });
+    }
+}
+
+pub fn parse_mac(s: &str) -> [u8; 6] {
+    let mut m = [0u8; 6];
+    for (b, p) in m.iter_mut().zip(s.split(':')) {
+        *b = u8::from_str_radix(p, 16).unwrap();
+    }
+    m
+}
+
+/// An Ethernet + IPv4 + ICMP echo request frame.
+pub fn icmp_frame(dst_mac: [u8; 6], src_mac: [u8; 6], src: std::net::Ipv4Addr, dst: std::net::Ipv4Addr) -> Vec<u8> {
+    let mut f = vec![0u8; 14 + 20 + 8];
+    f[0..6].copy_from_slice(&dst_mac);
+    f[6..12].copy_from_slice(&src_mac);
+    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    f[14] = 0x45;
+    f[16..18].copy_from_slice(&28u16.to_be_bytes());
+    f[22] = 64;
+    f[23] = 1;
+    f[26..30].copy_from_slice(&src.octets());
+    f[30..34].copy_from_slice(&dst.octets());
+    f[34] = 8;
+    f
+}
+
+/// An Ethernet + ARP reply frame claiming `claimed_ip` is at `sender_mac`.
+pub fn arp_reply_frame(
+    src_mac: [u8; 6],
+    sender_mac: [u8; 6],
+    claimed_ip: std::net::Ipv4Addr,
+    target_ip: std::net::Ipv4Addr,
+) -> Vec<u8> {
+    let mut f = vec![0u8; 14 + 28];
+    f[0..6].copy_from_slice(&[0xff; 6]);
+    f[6..12].copy_from_slice(&src_mac);
+    f[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+    let a = &mut f[14..];
+    a[0..2].copy_from_slice(&1u16.to_be_bytes());
+    a[2..4].copy_from_slice(&0x0800u16.to_be_bytes());
+    a[4] = 6;
+    a[5] = 4;
+    a[6..8].copy_from_slice(&2u16.to_be_bytes());
+    a[8..14].copy_from_slice(&sender_mac);
+    a[14..18].copy_from_slice(&claimed_ip.octets());
+    a[18..24].copy_from_slice(&[0xff; 6]);
+    a[24..28].copy_from_slice(&target_ip.octets());
+    f
+}
+
+/// Whether `client` (a pod, or the host when None) can open a TCP
+/// connection to `addr`, where `server` (a pod, or the host) listens.
+pub fn tcp_reachable(server: Option<&Pod>, client: Option<&Pod>, addr: SocketAddr) -> bool {
+    let bind = move || TcpListener::bind(addr).expect("bind listener");
+    let listener = match server {
+        Some(p) => p.run_in(bind),
+        None => bind(),
+    };
+    listener.set_nonblocking(true).unwrap();
+    let connect = move || {
+        TcpStream::connect_timeout(&addr, Duration::from_millis(700))
+            .and_then(|mut s| {
+                s.set_read_timeout(Some(Duration::from_millis(700)))?;
+                s.write_all(b"hi")?;
+                let mut b = [0u8; 2];
+                s.read_exact(&mut b)?;
+                Ok(b == *b"ok")
+            })
+            .unwrap_or(false)
+    };
+    let srv = std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + Duration::from_millis(1500);
+        while std::time::Instant::now() < deadline {
+            if let Ok((mut s, _)) = listener.accept() {
+                s.set_nonblocking(false).ok();
+                let mut b = [0u8; 2];
+                if s.read_exact(&mut b).is_ok() {
+                    let _ = s.write_all(b"ok");
+                }
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    });
+    let ok = match client {
+        Some(p) => p.run_in(connect),
+        None => connect(),
+    };
+    srv.join().unwrap();
+    ok
 }
