@@ -51,6 +51,22 @@ fn dual_stack_pods_talk_over_both_families() {
     assert!(after >= before + 10, "IPv6 packets were not redirected: {before} -> {after}");
     assert_eq!(tcp_echo_v6(&b, &a), "pong!");
 
+    // A neighbour advertisement claiming b's IPv6 address is dropped and
+    // counted; one for a's own address passes.
+    let v6 = |ip: std::net::IpAddr| match ip {
+        std::net::IpAddr::V6(v) => v,
+        _ => unreachable!(),
+    };
+    let spoofed = |net: &TestNet| net.stats_of(a.ip(4))["drop_spoofed"].as_u64().unwrap_or(0);
+    let base = spoofed(&net);
+    a.send_frame(neighbour_advert_frame(a.mac(), v6(b.ip(6))));
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert_eq!(spoofed(&net), base + 1, "a forged neighbour advertisement passed");
+    a.send_frame(neighbour_advert_frame(a.mac(), v6(a.ip(6))));
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert_eq!(spoofed(&net), base + 1, "an honest neighbour advertisement was dropped");
+    assert!(a.ping(b.ip(6), 2));
+
     ok(net.del_pod(&a));
     assert_eq!(net.dump("endpoints").len(), 2);
     assert_eq!(net.lease_files().len(), 2);

@@ -456,3 +456,24 @@ pub fn tcp_reachable(server: Option<&Pod>, client: Option<&Pod>, addr: SocketAdd
     srv.join().unwrap();
     ok
 }
+
+/// An Ethernet + IPv6 + ICMPv6 neighbour advertisement (from a link-local
+/// source to all nodes) claiming `target`.
+pub fn neighbour_advert_frame(src_mac: [u8; 6], target: std::net::Ipv6Addr) -> Vec<u8> {
+    let mut f = vec![0u8; 14 + 40 + 24];
+    f[0..6].copy_from_slice(&[0x33, 0x33, 0, 0, 0, 1]);
+    f[6..12].copy_from_slice(&src_mac);
+    f[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
+    let ip = &mut f[14..54];
+    ip[0] = 0x60;
+    ip[4..6].copy_from_slice(&24u16.to_be_bytes());
+    ip[6] = 58;
+    ip[7] = 255;
+    ip[8..24].copy_from_slice(&"fe80::1".parse::<std::net::Ipv6Addr>().unwrap().octets());
+    ip[24..40].copy_from_slice(&"ff02::1".parse::<std::net::Ipv6Addr>().unwrap().octets());
+    let icmp = &mut f[54..];
+    icmp[0] = 136;
+    icmp[4] = 0x20; // override flag
+    icmp[8..24].copy_from_slice(&target.octets());
+    f
+}
