@@ -169,4 +169,32 @@ fn monitor_reports_a_denied_packet() {
         line.contains(&format!("{}:", a.ip(4))) && line.contains(&format!("-> {}:", b.ip(4))) && line.contains("icmp"),
         "{line}"
     );
+
+    // With --flows, allowed traffic is reported too (and only while asked).
+    ok(net.cli(&["policy", "allow", &a.ip(4).to_string(), &b.ip(4).to_string(), "--proto", "icmp"]));
+    let flows = Command::new(BIN)
+        .args([
+            "monitor",
+            "--json",
+            "--flows",
+            "--count",
+            "1",
+            "--duration",
+            "20",
+            "--network",
+            &net.name,
+            "--pin-path",
+        ])
+        .arg(&net.pin_path)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(a.ping(b.ip(4), 1));
+    let out = flows.wait_with_output().unwrap();
+    let first = out.stdout.split(|c| *c == b'\n').next().unwrap_or_default().to_vec();
+    let event: Value = serde_json::from_slice(&first).unwrap_or(json!({}));
+    assert_eq!(event["verdict"], "redirected", "{event}");
+    assert_eq!(event["src"], json!(a.ip(4)));
+    assert_eq!(net.dump("settings")[0]["trace_flows"], false, "the monitor left flow tracing on");
 }

@@ -141,7 +141,10 @@ impl TestNet {
         let bridge = format!("ebtbr{id}");
         let data_dir = std::env::temp_dir().join(format!("ebpfcni-test-{tag}"));
         let pin_path = PathBuf::from(format!("/sys/fs/bpf/ebpfcni-test-{tag}"));
+        // Leftovers of a run that was killed (these names are this test's).
         let _ = std::fs::remove_dir_all(&data_dir);
+        let _ = std::fs::remove_dir_all(&pin_path);
+        let _ = sh(&format!("ip link del {bridge} 2>/dev/null"));
         let mut conf = json!({
             "cniVersion": "1.0.0",
             "name": name,
