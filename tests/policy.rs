@@ -116,6 +116,25 @@ fn default_deny_opens_exactly_what_a_rule_allows() {
     ok(net.cli(&["policy", "deny", &ip_a.to_string(), &ip_b.to_string(), "--proto", "icmp"]));
     assert!(!a.ping(ip_b, 1), "deny did not win");
     assert!(tcp_reachable(Some(&b), Some(&a), SocketAddr::new(ip_b, 7070)), "deny of icmp closed tcp too");
+
+    // `ebpfcni status` sums it up.
+    let out = ok(Command::new(BIN).args(["status", "--json", "--pin-path"]).arg(&net.pin_path).output().unwrap());
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let n = &status["networks"][0];
+    assert_eq!(n["network"], net.name.as_str(), "{status}");
+    assert_eq!(n["pods"], 2);
+    assert_eq!(n["attached_tcx"], 2);
+    assert_eq!(n["program_is_this_binary"], true);
+    assert_eq!(n["tcx_supported"], true);
+    assert_eq!(n["policy"]["default_action"], "deny");
+    assert_eq!(n["policy"]["rules"], 3, "{status}");
+    assert_eq!(status["kernel_btf"], true);
+    let text = ok(Command::new(BIN).args(["status", "--pin-path"]).arg(&net.pin_path).output().unwrap());
+    assert!(
+        String::from_utf8_lossy(&text.stdout).contains("default deny, 3 rules"),
+        "{}",
+        String::from_utf8_lossy(&text.stdout)
+    );
 }
 
 #[test]
@@ -152,6 +171,7 @@ fn monitor_reports_a_denied_packet() {
     assert_eq!(event["src"], json!(a.ip(4)), "{text}");
     assert_eq!(event["dst"], json!(b.ip(4)), "{text}");
     assert_eq!(event["proto"], "icmp", "{text}");
+    assert_eq!(event["pod"], format!("{}({})", a.ip(4), a.host_veth()), "{text}");
 
     // The readable form names time, addresses, protocol, verdict, reason, pod.
     let out = Command::new(BIN)

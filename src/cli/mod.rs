@@ -5,6 +5,7 @@ mod bench;
 mod maps;
 mod monitor;
 mod policy;
+mod status;
 
 use std::path::PathBuf;
 
@@ -35,6 +36,8 @@ enum Command {
     },
     /// Stream the datapath's events: drops always, flows with --flows.
     Monitor(monitor::MonitorArgs),
+    /// The node's and each network's datapath at a glance.
+    Status(status::StatusArgs),
     /// Print the plugin version, the BPF program identity and CNI versions.
     Version,
     /// Nanoseconds per packet of the classifier (BPF_PROG_TEST_RUN).
@@ -91,6 +94,7 @@ pub fn main() -> i32 {
         Command::Maps { command } => maps::run(command),
         Command::Policy { command } => policy::run(command),
         Command::Monitor(args) => monitor::run(&args),
+        Command::Status(args) => status::run(&args),
         Command::BenchDatapath(args) => bench::run(&args),
         Command::Version => {
             println!(

@@ -45,7 +45,15 @@ fn wall_clock(ts_ns: u64) -> SystemTime {
     SystemTime::now() - Duration::from_nanos(age)
 }
 
-fn line(e: &Event) -> String {
+/// "10.244.1.2 (veth…)": the pod an event happened at.
+fn pod_name(pods: &std::collections::HashMap<u32, std::net::IpAddr>, ifindex: u32) -> String {
+    match pods.get(&ifindex) {
+        Some(ip) => format!("{ip}({})", ifname(ifindex)),
+        None => ifname(ifindex),
+    }
+}
+
+fn line(e: &Event, pod: &str) -> String {
     let t = wall_clock(e.ts_ns).duration_since(UNIX_EPOCH).unwrap_or_default();
     let ports = |ip: &std::net::IpAddr, port: u16| match ip {
         std::net::IpAddr::V6(_) => format!("[{ip}]:{port}"),
@@ -61,7 +69,7 @@ fn line(e: &Event) -> String {
         ports(&e.src, e.sport),
         ports(&e.dst, e.dport),
         e.proto,
-        ifname(e.ifindex)
+        pod
     )
 }
 
@@ -78,14 +86,26 @@ pub fn run(args: &MonitorArgs) -> Result<()> {
     }
     let seen = std::cell::Cell::new(0u64);
     let json = args.json;
+    // Pods come and go while the monitor runs: look them up again when an
+    // event names an interface not seen before.
+    let pods = std::cell::RefCell::new(std::collections::HashMap::new());
+    let refresh = || -> std::collections::HashMap<u32, std::net::IpAddr> {
+        maps.pods().map(|v| v.into_iter().map(|p| (p.ifindex, p.addr)).collect()).unwrap_or_default()
+    };
     let mut builder = RingBufferBuilder::new();
     builder
         .add(&maps.events, |raw: &[u8]| {
             let e = decode(raw);
+            if !pods.borrow().contains_key(&e.ifindex) {
+                *pods.borrow_mut() = refresh();
+            }
+            let pod = pod_name(&pods.borrow(), e.ifindex);
             if json {
-                println!("{}", serde_json::to_string(&e).unwrap_or_default());
+                let mut v = serde_json::to_value(&e).unwrap_or_default();
+                v["pod"] = serde_json::json!(pod);
+                println!("{v}");
             } else {
-                println!("{}", line(&e));
+                println!("{}", line(&e, &pod));
             }
             seen.set(seen.get() + 1);
             0

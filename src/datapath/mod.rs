@@ -12,13 +12,13 @@ mod skel {
     include!(concat!(env!("OUT_DIR"), "/datapath.skel.rs"));
 }
 
-pub use attach::{detach, AttachMode, Attached};
+pub use attach::{detach, tcx_supported, AttachMode, Attached};
 pub use maps::{
     event, proto_name, proto_number, Direction, EndpointEntry, IpcacheEntry, Maps, PodEntry, PolicyEntry, Settings,
     Verdict, ENDPOINT_F_TC, ENDPOINT_F_TCX, IDENTITY_ANY, IDENTITY_CIDR_MIN, IDENTITY_POD_MIN, IDENTITY_WORLD,
     ISOLATED_EGRESS, ISOLATED_INGRESS, SETTINGS_F_HAS_DENY, SETTINGS_F_POLICY, SETTINGS_F_TRACE_FLOWS,
 };
-pub use pins::{bpffs_available, lock_dir, network_dir, probe_load, Datapath};
+pub use pins::{bpffs_available, lock_dir, network_dir, pinned_programs, probe_load, Datapath};
 
 /// Identifies the BPF program this binary carries (a hash of its sources).
 pub const BPF_ID: &str = env!("EBPFCNI_BPF_ID");

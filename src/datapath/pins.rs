@@ -142,6 +142,23 @@ impl Datapath {
     }
 }
 
+/// The program pins of a network directory: (name, is this binary's).
+pub fn pinned_programs(dir: &Path) -> Vec<(String, bool)> {
+    let mut out: Vec<(String, bool)> = fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(PROG_PREFIX) || n.starts_with(PROG_TO_PREFIX))
+        .map(|n| {
+            let ours = n.ends_with(BPF_ID);
+            (n, ours)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
 /// Whether this binary's program could be loaded now (for STATUS): loads
 /// it with private maps, pins nothing, and drops it.
 pub fn probe_load() -> Result<()> {

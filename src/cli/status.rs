@@ -1,0 +1,121 @@
+//! `ebpfcni status`: is the node ready, and what does each network's
+//! datapath hold — program, attachments, endpoints, policy.
+
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use clap::Args;
+use serde_json::{json, Value};
+
+use crate::cni::config::DEFAULT_PIN_PATH;
+use crate::datapath::{self, Datapath, Maps, ENDPOINT_F_TC, ENDPOINT_F_TCX};
+
+#[derive(Args)]
+pub struct StatusArgs {
+    /// The config's "bpfPinPath".
+    #[arg(long, default_value = DEFAULT_PIN_PATH)]
+    pin_path: PathBuf,
+    #[arg(long)]
+    json: bool,
+}
+
+fn network_status(dir: &Path, name: &str) -> Result<Value> {
+    let programs = datapath::pinned_programs(dir);
+    let current = programs.iter().any(|(_, ours)| *ours);
+    let mut v = json!({
+        "network": name,
+        "programs": programs.iter().map(|(n, ours)| json!({"pin": n, "this_binary": ours})).collect::<Vec<_>>(),
+        "program_is_this_binary": current,
+    });
+    let Some(maps) = Maps::open_if_pinned(dir)? else { return Ok(v) };
+    let endpoints = maps.endpoints()?;
+    let count = |flag| endpoints.iter().filter(|e| e.flags & flag != 0).count();
+    let settings = maps.settings()?;
+    let active = settings.active_set as u8;
+    let rules: std::collections::BTreeSet<u32> =
+        maps.policy()?.iter().filter(|e| e.set == active).map(|e| e.rule).collect();
+    v["endpoints"] = json!(endpoints.len());
+    v["pods"] = json!(maps.pods()?.len());
+    v["attached_tcx"] = json!(count(ENDPOINT_F_TCX));
+    v["attached_tc"] = json!(count(ENDPOINT_F_TC));
+    v["policy"] = json!({
+        "default_action": if settings.default_deny { "deny" } else { "allow" },
+        "rules": rules.len(),
+        "isolated_identities": maps.identity_flags()?.iter().filter(|(s, _, _)| *s == active).count(),
+        "generation": settings.generation,
+        "tracked_connections": maps.conntrack()?.len(),
+    });
+    if let Ok(Some(dp)) = Datapath::open_pinned(dir.parent().unwrap_or(dir), name) {
+        v["tcx_supported"] = json!(datapath::tcx_supported(dp.prog.as_fd()));
+    }
+    Ok(v)
+}
+
+pub fn run(args: &StatusArgs) -> Result<()> {
+    let mut networks = Vec::new();
+    for entry in std::fs::read_dir(&args.pin_path).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if entry.path().join("endpoints").exists() {
+            networks.push(network_status(&entry.path(), &name)?);
+        }
+    }
+    networks.sort_by_key(|n| n["network"].as_str().unwrap_or_default().to_string());
+    let node = json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "bpf_program": datapath::BPF_ID,
+        "kernel_btf": Path::new("/sys/kernel/btf/vmlinux").exists(),
+        "bpffs": datapath::bpffs_available(&args.pin_path),
+        "pin_path": args.pin_path,
+        "networks": networks,
+    });
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&node)?);
+        return Ok(());
+    }
+    let yes = |b: &Value| if b == true { "yes" } else { "NO" };
+    println!("ebpfcni {} (bpf program {})", node["version"].as_str().unwrap_or(""), datapath::BPF_ID);
+    println!(
+        "kernel BTF: {}   bpffs at {}: {}",
+        yes(&node["kernel_btf"]),
+        args.pin_path.display(),
+        yes(&node["bpffs"])
+    );
+    if networks.is_empty() {
+        println!("no network pinned (no pod added yet)");
+    }
+    for n in &networks {
+        println!("\nnetwork {}", n["network"].as_str().unwrap_or(""));
+        let progs: Vec<String> = n["programs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| {
+                format!(
+                    "{}{}",
+                    p["pin"].as_str().unwrap_or(""),
+                    if p["this_binary"] == true { "" } else { " (another build)" }
+                )
+            })
+            .collect();
+        println!("  programs:  {}", progs.join(", "));
+        println!(
+            "  pods:      {} ({} endpoints; {} attached with tcx, {} with tc)   tcx supported: {}",
+            n["pods"],
+            n["endpoints"],
+            n["attached_tcx"],
+            n["attached_tc"],
+            yes(&n["tcx_supported"])
+        );
+        let p = &n["policy"];
+        println!(
+            "  policy:    default {}, {} rules, {} isolated identities, generation {}, {} tracked connections",
+            p["default_action"].as_str().unwrap_or(""),
+            p["rules"],
+            p["isolated_identities"],
+            p["generation"],
+            p["tracked_connections"]
+        );
+    }
+    Ok(())
+}
