@@ -52,5 +52,15 @@ step "ebpfcni maps dump endpoints (pod IP -> host veth, pod MAC, attach mode)"
 step "ebpfcni maps dump stats (REDIRECTED = delivered by bpf_redirect_peer, skipping the bridge)"
 "$BIN" maps dump stats --network "$NET" --pin-path "$PINS"
 
+step "policy: deny ICMP from a to b (ebpfcni policy deny), then ping again"
+"$BIN" policy deny "$A" "$B" --proto icmp --network "$NET" --pin-path "$PINS"
+ip netns exec demo-a ping -c 2 -W 1 "$B" || echo "(dropped by the datapath, as the rule says)"
+"$BIN" maps dump stats --network "$NET" --pin-path "$PINS"
+"$BIN" policy delete 1 --network "$NET" --pin-path "$PINS"
+ip netns exec demo-a ping -c 1 "$B" >/dev/null && echo "rule deleted: a reaches b again"
+
+step "ebpfcni status"
+"$BIN" status --pin-path "$PINS"
+
 step "DEL both pods"
 cni DEL a && cni DEL b && echo "done: leases, veths, map entries and links removed"
