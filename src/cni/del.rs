@@ -17,8 +17,13 @@ pub fn del(conf: &NetConf, env: &CniEnv) -> Result<Vec<IpAddr>> {
     let host_if = host_veth_name(&env.container_id, &env.ifname);
     let host = Netlink::connect()?;
     let host_link = host.link_by_name(&host_if)?;
-    let mut store = DiskStore::open(&conf.data_dir, &conf.name)?;
-    let ips: Vec<IpAddr> = store.leases_of(&env.container_id, &env.ifname)?.iter().map(|l| l.ip).collect();
+    // The lease lock is held only to read and, at the end, to release: not
+    // across the veth's deletion, which takes the kernel tens of ms.
+    let ips: Vec<IpAddr> = DiskStore::open(&conf.data_dir, &conf.name)?
+        .leases_of(&env.container_id, &env.ifname)?
+        .iter()
+        .map(|l| l.ip)
+        .collect();
 
     let dir = datapath::network_dir(&conf.bpf_pin_path, &conf.name);
     if let Some(maps) = Maps::open_if_pinned(&dir)? {
@@ -42,6 +47,6 @@ pub fn del(conf: &NetConf, env: &CniEnv) -> Result<Vec<IpAddr>> {
     }
     datapath::detach(&dir, &host_if)?;
     host.delete_link(&host_if)?;
-    ipam::release(&mut store, &env.container_id, &env.ifname)?;
+    ipam::release(&mut DiskStore::open(&conf.data_dir, &conf.name)?, &env.container_id, &env.ifname)?;
     Ok(ips)
 }
