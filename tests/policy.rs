@@ -42,9 +42,10 @@ fn spoofed_ip_mac_and_arp_are_dropped_and_counted() {
     a.send_frame(icmp_frame(b_mac, a_mac, "10.251.81.200".parse().unwrap(), v4(b.ip(4))));
     // The pod's own address behind a forged MAC.
     a.send_frame(icmp_frame(b_mac, [2, 0xde, 0xad, 0xbe, 0xef, 1], v4(a.ip(4)), v4(b.ip(4))));
-    // An ARP reply claiming b's address for a's MAC (cache poisoning).
-    let stale = sh(&format!("ip neigh del {} dev {}", b.ip(4), net.bridge));
-    let _ = stale;
+    // An ARP reply claiming b's address for a's MAC (cache poisoning). The
+    // host's entry for b is flushed first, so what it holds afterwards
+    // can only come from this reply.
+    sh(&format!("ip neigh flush {} dev {}", b.ip(4), net.bridge));
     a.send_frame(arp_reply_frame(a_mac, a_mac, v4(b.ip(4)), gw));
     // An ARP reply whose sender MAC is not a's.
     a.send_frame(arp_reply_frame(a_mac, [2, 0xde, 0xad, 0xbe, 0xef, 2], v4(a.ip(4)), gw));

@@ -98,7 +98,7 @@ pub fn check(conf: &NetConf, env: &CniEnv) -> Result<()> {
         }
         flags = Some(ep.flags);
     }
-    match dp.maps.pods()?.into_iter().find(|p| p.ifindex == host_link.index) {
+    match dp.maps.pod(host_link.index)? {
         Some(p) if p.mac == pod_mac => {}
         Some(p) => bail!(mismatch(format!(
             "pod entry of {host_if} has MAC {}, the pod has {}",

@@ -27,20 +27,30 @@ pub fn del(conf: &NetConf, env: &CniEnv) -> Result<Vec<IpAddr>> {
 
     let dir = datapath::network_dir(&conf.bpf_pin_path, &conf.name);
     if let Some(maps) = Maps::open_if_pinned(&dir)? {
-        // Entries pointing at this veth too: a crash may have left one
-        // whose lease is already gone.
+        // The pod entry of this veth names its first address: a crash may
+        // have left entries whose lease is already gone, so that address
+        // goes too. Only without the veth must DEL search the pods map.
         let mut stale: Vec<IpAddr> = ips.clone();
-        if let Some(link) = &host_link {
-            stale.extend(maps.endpoints()?.iter().filter(|e| e.ifindex == link.index).map(|e| e.ip));
+        match &host_link {
+            Some(link) => {
+                if let Some(pod) = maps.pod(link.index)? {
+                    stale.push(pod.addr);
+                }
+                maps.remove_pod(link.index)?;
+            }
+            None => {
+                for pod in maps.pods()? {
+                    if ips.contains(&pod.addr) {
+                        maps.remove_pod(pod.ifindex)?;
+                    }
+                }
+            }
         }
+        stale.sort();
+        stale.dedup();
         for ip in &stale {
             maps.remove_endpoint(*ip)?;
             maps.remove_stats(*ip)?;
-        }
-        for pod in maps.pods()? {
-            if host_link.as_ref().is_some_and(|l| l.index == pod.ifindex) || stale.contains(&pod.addr) {
-                maps.remove_pod(pod.ifindex)?;
-            }
         }
         let _lock = datapath::lock_dir(&dir)?;
         policy::unregister_pod(&maps, &stale)?;

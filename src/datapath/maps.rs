@@ -254,6 +254,14 @@ impl Maps {
         delete(&self.pods, &ifindex.to_ne_bytes(), &format!("pod of ifindex {ifindex}"))
     }
 
+    pub fn pod(&self, ifindex: u32) -> Result<Option<PodEntry>> {
+        let raw = self.pods.lookup(&ifindex.to_ne_bytes(), MapFlags::ANY).context("read pods")?;
+        Ok(raw.map(|r| {
+            let info: pod_info = from_bytes(&r);
+            PodEntry { ifindex, addr: key_to_ip(&info.addr), mac: info.mac }
+        }))
+    }
+
     pub fn pods(&self) -> Result<Vec<PodEntry>> {
         let mut out = Vec::new();
         for key in self.pods.keys() {
@@ -311,6 +319,15 @@ impl Maps {
         self.ipcache
             .update(as_bytes(&ipcache_key_of(e.set, &e.prefix)), as_bytes(&value), MapFlags::ANY)
             .with_context(|| format!("write ipcache {} -> {}", e.prefix, e.identity))
+    }
+
+    /// The identity the datapath gives `ip` in `set` (longest prefix match),
+    /// None when no prefix covers it.
+    pub fn identity_of(&self, set: u8, ip: IpAddr) -> Result<Option<u32>> {
+        let host = Cidr { addr: ip, prefix: if ip.is_ipv4() { 32 } else { 128 } };
+        let raw =
+            self.ipcache.lookup(as_bytes(&ipcache_key_of(set, &host)), MapFlags::ANY).context("look up ipcache")?;
+        Ok(raw.map(|r| from_bytes::<ipcache_value>(&r).identity))
     }
 
     pub fn remove_ipcache(&self, set: u8, prefix: &Cidr) -> Result<()> {

@@ -115,7 +115,6 @@ impl Datapath {
         {
             load_and_pin(&dir)?;
         }
-        remove_temporaries(&dir);
         Ok(Datapath {
             prog: open_prog(&dir, PROG_PREFIX)?,
             prog_to: open_prog(&dir, PROG_TO_PREFIX)?,
@@ -175,6 +174,7 @@ pub fn bpffs_available(pin_root: &Path) -> bool {
 }
 
 fn load_and_pin(dir: &Path) -> Result<()> {
+    remove_temporaries(dir);
     let mut object = MaybeUninit::uninit();
     let mut open = DatapathSkelBuilder::default().open(&mut object).context("open BPF skeleton")?;
     // libbpf reuses a compatible map already pinned there, else pins the

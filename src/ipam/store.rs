@@ -81,18 +81,6 @@ impl DiskStore {
         self.dir.join(ip.to_string())
     }
 
-    /// Removes temporaries left by a process killed during a reservation.
-    /// Any that exists now is such a leftover: writers hold the lock, and
-    /// so do we.
-    fn remove_stale_temporaries(&self) {
-        let Ok(entries) = fs::read_dir(&self.dir) else { return };
-        for entry in entries.flatten() {
-            if entry.file_name().to_string_lossy().starts_with(TMP_PREFIX) {
-                let _ = fs::remove_file(entry.path());
-            }
-        }
-    }
-
     fn sync_dir(&self) -> Result<()> {
         File::open(&self.dir).and_then(|d| d.sync_all()).with_context(|| format!("fsync {}", self.dir.display()))
     }
@@ -174,12 +162,17 @@ impl LeaseStore for DiskStore {
 
     fn leases(&self) -> Result<Vec<Lease>> {
         let mut out = Vec::new();
-        self.remove_stale_temporaries();
         for entry in fs::read_dir(&self.dir).with_context(|| format!("list {}", self.dir.display()))? {
             let entry = entry?;
             let name = entry.file_name();
+            if name.to_string_lossy().starts_with(TMP_PREFIX) {
+                // Left by a process killed during a reservation: writers
+                // hold the lock, and so do we, so none is in use.
+                let _ = fs::remove_file(entry.path());
+                continue;
+            }
             let Some(ip) = name.to_str().and_then(|n| n.parse::<IpAddr>().ok()) else {
-                continue; // lock, last_reserved_ip.*, temporaries
+                continue; // lock, last_reserved_ip.*
             };
             match fs::read_to_string(entry.path()) {
                 Ok(content) => match parse_lease(ip, &content) {

@@ -8,7 +8,8 @@ use anyhow::Result;
 
 use super::{Entry, PolicySet, PER_POD_IDENTITY_BASE};
 use crate::datapath::{
-    IpcacheEntry, Maps, Settings, IDENTITY_POD_MIN, SETTINGS_F_HAS_DENY, SETTINGS_F_POLICY, SETTINGS_F_TRACE_FLOWS,
+    IpcacheEntry, Maps, Settings, IDENTITY_CIDR_MIN, IDENTITY_POD_MIN, SETTINGS_F_HAS_DENY, SETTINGS_F_POLICY,
+    SETTINGS_F_TRACE_FLOWS,
 };
 use crate::ipam::Cidr;
 
@@ -106,36 +107,45 @@ pub fn set_trace_flows(maps: &Maps, on: bool) -> Result<()> {
 
 /// Gives a new pod's addresses an identity of their own in the active set
 /// (a later sync may group it with pods of the same labels). Idempotent.
+/// One lookup per address: ADD's cost must not grow with the node's pods.
 pub fn register_pod(maps: &Maps, ips: &[IpAddr], ifindex: u32) -> Result<()> {
     let set = maps.settings()?.active_set as u8 & 1;
     let identity = PER_POD_IDENTITY_BASE + (ifindex & 0x7f_ffff);
-    let current: Vec<IpcacheEntry> = maps.ipcache()?;
     for ip in ips {
-        let prefix = host_prefix(*ip);
-        // Keep the identity a sync already gave this address.
-        let known = current.iter().any(|e| e.set == set && e.prefix == prefix && e.identity >= IDENTITY_POD_MIN);
+        // Pod-range identities only ever sit on a pod's own address, so a
+        // match in that range is this address's entry (from a sync, or a
+        // retried ADD): keep it.
+        let known = maps.identity_of(set, *ip)?.is_some_and(is_pod_identity);
         if !known {
-            maps.put_ipcache(&IpcacheEntry { set, prefix, identity })?;
+            maps.put_ipcache(&IpcacheEntry { set, prefix: host_prefix(*ip), identity })?;
         }
     }
     Ok(())
+}
+
+fn is_pod_identity(id: u32) -> bool {
+    (IDENTITY_POD_MIN..IDENTITY_CIDR_MIN).contains(&id)
 }
 
 /// Removes a pod's addresses from both sets, and the rules and isolation
 /// of its own identity (nobody else holds it).
 pub fn unregister_pod(maps: &Maps, ips: &[IpAddr]) -> Result<()> {
     let mut own = Vec::new();
-    for e in maps.ipcache()? {
-        if ips.iter().any(|ip| host_prefix(*ip) == e.prefix) {
-            if e.identity >= PER_POD_IDENTITY_BASE && e.identity < crate::datapath::IDENTITY_CIDR_MIN {
-                own.push(e.identity);
+    for ip in ips {
+        for set in [0, 1] {
+            if let Some(id) = maps.identity_of(set, *ip)?.filter(|id| is_pod_identity(*id)) {
+                if id >= PER_POD_IDENTITY_BASE {
+                    own.push(id);
+                }
+                maps.remove_ipcache(set, &host_prefix(*ip))?;
             }
-            maps.remove_ipcache(e.set, &e.prefix)?;
         }
     }
     if own.is_empty() {
         return Ok(());
     }
+    // Only pods that never got a label identity have rules of their own:
+    // hand-made ones, rare, so a scan here is fine.
     for e in maps.policy()? {
         if own.contains(&e.subject) || own.contains(&e.peer) {
             maps.remove_policy(&e)?;
