@@ -126,10 +126,19 @@ fn default_deny_opens_exactly_what_a_rule_allows() {
     assert_eq!(n["pods"], 2);
     assert_eq!(n["attached_tcx"], 2);
     assert_eq!(n["program_is_this_binary"], true);
-    assert_eq!(n["tcx_supported"], true);
     assert_eq!(n["policy"]["default_action"], "deny");
     assert_eq!(n["policy"]["rules"], 3, "{status}");
-    assert_eq!(status["kernel_btf"], true);
+    assert_eq!(status["ready"], true, "{status}");
+    let feature =
+        |name: &str| status["kernel"]["features"].as_array().unwrap().iter().find(|f| f["name"] == name).cloned();
+    assert_eq!(feature("btf").unwrap()["present"], true, "{status}");
+    assert_eq!(feature("bpf_redirect_peer").unwrap()["present"], true, "{status}");
+    assert_eq!(feature("tcx").unwrap()["present"], true, "this kernel (>= 6.6) has TCX: {status}");
+    // A pin path off bpffs: not ready, and the exit code says so (a readiness probe).
+    let off = Command::new(BIN).args(["status", "--json", "--pin-path"]).arg(&net.data_dir).output().unwrap();
+    assert!(!off.status.success(), "status off bpffs exited 0");
+    let off: Value = serde_json::from_slice(&off.stdout).unwrap();
+    assert_eq!(off["ready"], false, "{off}");
     let text = ok(Command::new(BIN).args(["status", "--pin-path"]).arg(&net.pin_path).output().unwrap());
     assert!(
         String::from_utf8_lossy(&text.stdout).contains("default deny, 3 rules"),

@@ -17,6 +17,7 @@
 #define TC_ACT_OK 0
 #define TC_ACT_SHOT 2
 #define TC_ACT_REDIRECT 7
+#define PACKET_HOST 0
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -226,6 +227,12 @@ int from_pod(struct __sk_buff *skb)
 		stats_count(&p.src, skb->len, COUNT_PASSED);
 		return TC_ACT_OK;
 	}
+	/* The host veth classified the frame (addressed to the bridge's MAC)
+	 * as PACKET_OTHERHOST. 5.10 delivers it into the pod marked so, and
+	 * the pod's IP stack drops it; 6.15 and later scrub the mark
+	 * themselves. One load to test; the helper runs only when needed. */
+	if (skb->pkt_type != PACKET_HOST)
+		bpf_skb_change_type(skb, PACKET_HOST);
 	verdict = bpf_redirect_peer(ep->ifindex, 0);
 	if (verdict != TC_ACT_REDIRECT) {
 		stats_count(&p.src, skb->len, COUNT_PASSED);

@@ -1,15 +1,14 @@
 //! `ebpfcni status`: is the node ready, and what does each network's
 //! datapath hold — program, attachments, endpoints, policy.
 
-use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use clap::Args;
 use serde_json::{json, Value};
 
 use crate::cni::config::DEFAULT_PIN_PATH;
-use crate::datapath::{self, Datapath, Maps, ENDPOINT_F_TC, ENDPOINT_F_TCX};
+use crate::datapath::{self, Maps, ENDPOINT_F_TC, ENDPOINT_F_TCX};
 
 #[derive(Args)]
 pub struct StatusArgs {
@@ -46,9 +45,6 @@ fn network_status(dir: &Path, name: &str) -> Result<Value> {
         "generation": settings.generation,
         "tracked_connections": maps.conntrack()?.len(),
     });
-    if let Ok(Some(dp)) = Datapath::open_pinned(dir.parent().unwrap_or(dir), name) {
-        v["tcx_supported"] = json!(datapath::tcx_supported(dp.prog.as_fd()));
-    }
     Ok(v)
 }
 
@@ -61,26 +57,56 @@ pub fn run(args: &StatusArgs) -> Result<()> {
         }
     }
     networks.sort_by_key(|n| n["network"].as_str().unwrap_or_default().to_string());
+    let features = datapath::probe_features();
+    let bpffs = datapath::bpffs_available(&args.pin_path);
+    let ready = bpffs && datapath::missing_required(&features).is_empty();
     let node = json!({
         "version": env!("CARGO_PKG_VERSION"),
         "bpf_program": datapath::BPF_ID,
-        "kernel_btf": Path::new("/sys/kernel/btf/vmlinux").exists(),
-        "bpffs": datapath::bpffs_available(&args.pin_path),
+        "ready": ready,
+        "kernel": {
+            "release": nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default(),
+            "features": features,
+        },
+        "bpffs": bpffs,
         "pin_path": args.pin_path,
         "networks": networks,
     });
     if args.json {
         println!("{}", serde_json::to_string_pretty(&node)?);
-        return Ok(());
+    } else {
+        print_table(&node, &features, &args.pin_path);
     }
+    if !ready {
+        bail!("node not ready: {}", not_ready_reasons(bpffs, &features, &args.pin_path).join("; "));
+    }
+    Ok(())
+}
+
+fn not_ready_reasons(bpffs: bool, features: &[datapath::Feature], pin_path: &Path) -> Vec<String> {
+    let mut why: Vec<String> =
+        datapath::missing_required(features).into_iter().map(|f| format!("kernel lacks {f}")).collect();
+    if !bpffs {
+        why.push(format!("{} is not on a bpf filesystem", pin_path.display()));
+    }
+    why
+}
+
+fn print_table(node: &Value, features: &[datapath::Feature], pin_path: &Path) {
     let yes = |b: &Value| if b == true { "yes" } else { "NO" };
+    let networks = node["networks"].as_array().cloned().unwrap_or_default();
     println!("ebpfcni {} (bpf program {})", node["version"].as_str().unwrap_or(""), datapath::BPF_ID);
-    println!(
-        "kernel BTF: {}   bpffs at {}: {}",
-        yes(&node["kernel_btf"]),
-        args.pin_path.display(),
-        yes(&node["bpffs"])
-    );
+    println!("node ready: {}", yes(&node["ready"]));
+    println!("kernel {}:", node["kernel"]["release"].as_str().unwrap_or("?"));
+    for f in features {
+        let mark = match (f.present, f.required) {
+            (true, _) => "yes",
+            (false, true) => "NO (required)",
+            (false, false) => "no",
+        };
+        println!("  {:<18} {:<14} {}", f.name, mark, f.role);
+    }
+    println!("bpffs at {}: {}", pin_path.display(), yes(&node["bpffs"]));
     if networks.is_empty() {
         println!("no network pinned (no pod added yet)");
     }
@@ -100,12 +126,8 @@ pub fn run(args: &StatusArgs) -> Result<()> {
             .collect();
         println!("  programs:  {}", progs.join(", "));
         println!(
-            "  pods:      {} ({} endpoints; {} attached with tcx, {} with tc)   tcx supported: {}",
-            n["pods"],
-            n["endpoints"],
-            n["attached_tcx"],
-            n["attached_tc"],
-            yes(&n["tcx_supported"])
+            "  pods:      {} ({} endpoints; {} attached with tcx, {} with tc)",
+            n["pods"], n["endpoints"], n["attached_tcx"], n["attached_tc"]
         );
         let p = &n["policy"];
         println!(
@@ -117,5 +139,4 @@ pub fn run(args: &StatusArgs) -> Result<()> {
             p["tracked_connections"]
         );
     }
-    Ok(())
 }

@@ -1,8 +1,7 @@
-//! STATUS (spec 1.1): succeeds only when an ADD would: kernel BTF, bpffs,
+//! STATUS (spec 1.1): succeeds only when an ADD would: the kernel features
+//! the datapath needs (BTF, bpf_redirect_peer, ...), bpffs,
 //! the program pinned or loadable, and an address left in every range set.
 //! Otherwise code 50 naming everything that is missing. Changes nothing.
-
-use std::path::Path;
 
 use anyhow::Result;
 
@@ -12,10 +11,10 @@ use crate::datapath::{self, Datapath};
 use crate::ipam::{self, DiskStore};
 
 pub fn status(conf: &NetConf) -> Result<()> {
-    let mut missing = Vec::new();
-    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
-        missing.push("kernel BTF (/sys/kernel/btf/vmlinux) is missing".to_string());
-    }
+    let mut missing: Vec<String> = datapath::missing_required(&datapath::probe_features())
+        .into_iter()
+        .map(|f| format!("the kernel lacks {f}"))
+        .collect();
     if !datapath::bpffs_available(&conf.bpf_pin_path) {
         missing.push(format!("bpfPinPath {} is not on a bpf filesystem", conf.bpf_pin_path.display()));
     } else {

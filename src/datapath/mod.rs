@@ -4,6 +4,7 @@
 
 mod attach;
 pub mod bench;
+mod features;
 mod maps;
 mod pins;
 
@@ -12,7 +13,8 @@ mod skel {
     include!(concat!(env!("OUT_DIR"), "/datapath.skel.rs"));
 }
 
-pub use attach::{detach, tcx_supported, AttachMode, Attached};
+pub use attach::{detach, AttachMode, Attached};
+pub use features::{missing_required, probe as probe_features, Feature};
 pub use maps::{
     event, proto_name, proto_number, Direction, EndpointEntry, IpcacheEntry, Maps, PodEntry, PolicyEntry, Settings,
     Verdict, ENDPOINT_F_TC, ENDPOINT_F_TCX, IDENTITY_ANY, IDENTITY_CIDR_MIN, IDENTITY_POD_MIN, IDENTITY_WORLD,

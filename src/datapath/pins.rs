@@ -163,7 +163,7 @@ pub fn pinned_programs(dir: &Path) -> Vec<(String, bool)> {
 pub fn probe_load() -> Result<()> {
     let mut object = MaybeUninit::uninit();
     let open = DatapathSkelBuilder::default().open(&mut object).context("open BPF skeleton")?;
-    open.load().context("load BPF program")?;
+    open.load().context("load BPF program (the verifier refused it)")?;
     Ok(())
 }
 
@@ -186,10 +186,15 @@ fn load_and_pin(dir: &Path) -> Result<()> {
         }
     }
     let mut skel = open.load().with_context(|| {
-        format!(
-            "load BPF program into the kernel (maps pinned in {} may belong to an incompatible version)",
-            dir.display()
-        )
+        let missing = super::missing_required(&super::probe_features());
+        if missing.is_empty() {
+            format!(
+                "load BPF program into the kernel (maps pinned in {} may belong to an incompatible version)",
+                dir.display()
+            )
+        } else {
+            format!("load BPF program: this kernel lacks {}", missing.join(", "))
+        }
     })?;
     for (prefix, prog) in [(PROG_PREFIX, &mut skel.progs.from_pod), (PROG_TO_PREFIX, &mut skel.progs.to_pod)] {
         // bpffs refuses '.' in names: no dot-file temporaries here.
