@@ -3,14 +3,15 @@
 # benchmark. Idempotent: packages already present are not fetched again.
 #   build: clang (BPF target), llvm, make, pkg-config, libelf-dev, zlib1g-dev
 #   tests/demo: iproute2, iputils-ping, bpftool, containernetworking-plugins,
-#               iptables (for the reference portmap plugin in chaining tests)
+#               iptables (for the reference portmap plugin in chaining tests),
+#               nftables (ipMasq, and kube-proxy's nftables mode in tests/node.rs)
 #   kernel matrix (tests/kernels.rs): qemu-system-x86, busybox-static, cpio,
 #               xz-utils, zstd, debian-archive-keyring (Debian's cloud kernels
 #               are fetched by tests/kernel/fetch.sh with a private apt state)
 set -euo pipefail
 
 PACKAGES=(clang llvm make gcc pkg-config libelf-dev zlib1g-dev
-          iproute2 iputils-ping bpftool containernetworking-plugins iptables
+          iproute2 iputils-ping bpftool containernetworking-plugins iptables nftables
           qemu-system-x86 busybox-static cpio xz-utils zstd debian-archive-keyring)
 
 missing=()

@@ -7,6 +7,7 @@ mod datapath;
 mod fnv;
 mod ipam;
 mod netlink;
+mod node;
 mod policy;
 
 fn main() {

@@ -81,13 +81,22 @@ fn seed_config_works_as_written() {
     if !privileged() {
         return;
     }
-    // The seed's keys exactly, plus this test's private state locations.
+    // The seed's keys exactly, plus this test's private state locations
+    // and ipForward off (the machine's sysctls are not this test's).
     let mut net = TestNet::new("seed", 14, json!({}));
     let conf = net.conf.as_object().unwrap();
     let keys: Vec<&String> = conf.keys().collect();
-    assert!(keys
-        .iter()
-        .all(|k| ["cniVersion", "name", "type", "bridge", "subnet", "dataDir", "bpfPinPath"].contains(&k.as_str())));
+    assert!(keys.iter().all(|k| [
+        "cniVersion",
+        "name",
+        "type",
+        "bridge",
+        "subnet",
+        "dataDir",
+        "bpfPinPath",
+        "ipForward"
+    ]
+    .contains(&k.as_str())));
     net.conf["gateway"] = json!("10.251.14.1");
     let a = net.add_pod("a");
     assert_eq!(a.result["ips"][0]["gateway"], "10.251.14.1");

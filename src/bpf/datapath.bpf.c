@@ -79,6 +79,13 @@ struct {
 } conntrack SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct ct_key);
+	__type(value, struct hostflow_value);
+} hostflows SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 256 * 1024);
 } events SEC(".maps");
@@ -121,6 +128,33 @@ static __always_inline int mac_equal(const __u8 *a, const __u8 *b)
 {
 	/* clang does not inline memcmp for BPF: compare by hand. */
 	return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3] && a[4] == b[4] && a[5] == b[5];
+}
+
+/* to_pod: a packet from a pod of this node arrives through the host,
+ * not through the redirect: the host routed it and may have translated it
+ * (a Service's DNAT, a hostPort). Remember the flow, and flag its sender. */
+static __always_inline void hostflow_note(struct __sk_buff *skb, const struct packet *p)
+{
+	struct endpoint_info *sender = bpf_map_lookup_elem(&endpoints, &p->src);
+	struct hostflow_value v = { .ifindex = skb->ifindex };
+	struct ct_key key;
+
+	if (!sender)
+		return;
+	ct_key_of(p, &key, 0);
+	if (!bpf_map_lookup_elem(&hostflows, &key))
+		bpf_map_update_elem(&hostflows, &key, &v, BPF_ANY);
+	if (!(sender->flags & ENDPOINT_F_HOST_FLOWS))
+		sender->flags |= ENDPOINT_F_HOST_FLOWS;
+}
+
+/* from_pod: is this packet a reply of a flow hostflow_note saw? */
+static __always_inline int hostflow_reply(const struct packet *p)
+{
+	struct ct_key key;
+
+	ct_key_of(p, &key, 1);
+	return bpf_map_lookup_elem(&hostflows, &key) != NULL;
 }
 
 static __always_inline int owned_by(const struct ip_key *addr, __u32 ifindex)
@@ -222,6 +256,14 @@ int from_pod(struct __sk_buff *skb)
 			event_emit(skb, &p, EVENT_PASSED, REASON_NONE, DIR_FROM_POD);
 		return TC_ACT_OK;
 	}
+	/* A reply of a flow that reached this pod through the host goes back
+	 * the same way, so the host can undo what it translated. */
+	if ((ep->flags & ENDPOINT_F_HOST_FLOWS) && hostflow_reply(&p)) {
+		stats_count(&p.src, skb->len, COUNT_PASSED);
+		if (tracing(s))
+			event_emit(skb, &p, EVENT_PASSED, REASON_NONE, DIR_FROM_POD);
+		return TC_ACT_OK;
+	}
 	/* The destination pod only accepts frames addressed to its MAC. */
 	if (bpf_skb_store_bytes(skb, offsetof(struct ethhdr, h_dest), ep->mac, 6, 0) < 0) {
 		stats_count(&p.src, skb->len, COUNT_PASSED);
@@ -261,7 +303,10 @@ int to_pod(struct __sk_buff *skb)
 	parsed = packet_parse(skb, &p);
 	if (parsed == PARSE_ERROR)
 		return drop(skb, &pod->addr, &p, REASON_PARSE, COUNT_DROP_PARSE, DIR_TO_POD);
-	if (parsed == PARSE_NOT_IP || p.nd || !policy_active(s))
+	if (parsed == PARSE_NOT_IP || p.nd)
+		return TC_ACT_OK;
+	hostflow_note(skb, &p);
+	if (!policy_active(s))
 		return TC_ACT_OK;
 	{
 		__u32 set = s->active_set & 1;

@@ -13,6 +13,10 @@ struct ip_key {
 /* endpoints: pod address -> where the pod is. */
 #define ENDPOINT_F_TCX 0x1
 #define ENDPOINT_F_TC 0x2
+/* Set by the datapath: this pod sent a flow that reached another pod of
+ * the node through the host (a Service, a hostPort): its replies must be
+ * looked up in hostflows before they may be redirected. */
+#define ENDPOINT_F_HOST_FLOWS 0x4
 
 struct endpoint_info {
 	__u32 ifindex; /* host-side veth of the pod */
@@ -117,6 +121,16 @@ struct ct_key {
 struct ct_value {
 	__u64 last_seen_ns;
 	__u32 generation; /* policy generation that allowed it */
+	__u32 pad;
+};
+
+/* hostflows: LRU of flows from a pod of this node that entered another
+ * pod through the host's stack (so the host may have translated them),
+ * keyed as they arrived (struct ct_key). Their replies go back through the
+ * host, which reverses its translation, instead of straight into the pod.
+ * An entry outliving its flow only sends a reused tuple the slow way. */
+struct hostflow_value {
+	__u32 ifindex; /* host veth it arrived on */
 	__u32 pad;
 };
 

@@ -4,6 +4,7 @@
 mod bench;
 mod maps;
 mod monitor;
+mod node;
 mod policy;
 mod status;
 
@@ -36,6 +37,11 @@ enum Command {
     },
     /// Stream the datapath's events: drops always, flows with --flows.
     Monitor(monitor::MonitorArgs),
+    /// The node's own rules: show them, or remove them (uninstall).
+    Node {
+        #[command(subcommand)]
+        command: node::NodeCommand,
+    },
     /// The node's and each network's datapath at a glance.
     Status(status::StatusArgs),
     /// Print the plugin version, the BPF program identity and CNI versions.
@@ -95,6 +101,7 @@ pub fn main() -> i32 {
         Command::Policy { command } => policy::run(command),
         Command::Monitor(args) => monitor::run(&args),
         Command::Status(args) => status::run(&args),
+        Command::Node { command } => node::run(command),
         Command::BenchDatapath(args) => bench::run(&args),
         Command::Version => {
             println!(

@@ -85,7 +85,11 @@ fn add_in_scope<'s, 'e>(
     });
 
     let bridge = ensure_bridge(host, conf, &allocs)?;
+    crate::node::ensure(conf)?;
     host.set_master(host_link.index, bridge.index)?;
+    if conf.hairpin_mode {
+        host.set_hairpin(host_link.index, true)?;
+    }
 
     let netns_path = ns.path();
     let pod_link = pod

@@ -39,6 +39,13 @@ struct RawConf {
     log_file: Option<PathBuf>,
     log_level: Option<String>,
     policy: Option<RawPolicy>,
+    hairpin_mode: Option<bool>,
+    ip_forward: Option<bool>,
+    ip_masq: Option<bool>,
+    #[serde(rename = "clusterCIDR")]
+    cluster_cidr: Option<StringOrList>,
+    #[serde(rename = "nonMasqueradeCIDRs")]
+    non_masquerade_cidrs: Option<Vec<String>>,
     // Set by the runtime or reserved by the spec.
     args: Option<RawArgs>,
     runtime_config: Option<RawRuntimeConfig>,
@@ -57,6 +64,15 @@ struct RawConf {
     _disable_check: Option<bool>,
     #[serde(rename = "disableGC")]
     _disable_gc: Option<bool>,
+}
+
+/// `clusterCIDR`: one prefix, several separated by commas (kube-proxy's
+/// `--cluster-cidr` form), or a list.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum StringOrList {
+    One(String),
+    Many(Vec<String>),
 }
 
 #[derive(Deserialize)]
@@ -165,6 +181,15 @@ pub struct NetConf {
     /// GC's list (`cni.dev/valid-attachments`, or the older
     /// `cni.dev/attachments`); None when the config carries neither.
     pub valid_attachments: Option<Vec<Attachment>>,
+    /// Host veths may send a frame back out of the port it came in on.
+    pub hairpin_mode: bool,
+    /// Turn on the node's IPv4/IPv6 forwarding when the network is set up.
+    pub ip_forward: bool,
+    /// Masquerade pod traffic to destinations outside `no_masquerade`.
+    pub ip_masq: bool,
+    /// `clusterCIDR` (default: the network's subnets) and
+    /// `nonMasqueradeCIDRs`: destinations reached with the pod's own address.
+    pub no_masquerade: Vec<Cidr>,
 }
 
 fn invalid(msg: impl Into<String>) -> anyhow::Error {
@@ -272,6 +297,18 @@ impl NetConf {
             .map(|m| super::result::parse_mac(&m).map_err(|e| invalid(format!("runtimeConfig.mac: {e:#}"))))
             .transpose()?;
 
+        let cluster: Vec<String> = match raw.cluster_cidr {
+            None => rangesets.iter().flatten().map(|r| r.subnet.to_string()).collect(),
+            Some(StringOrList::One(s)) => s.split(',').map(|p| p.trim().to_string()).collect(),
+            Some(StringOrList::Many(v)) => v,
+        };
+        let no_masquerade = cluster
+            .iter()
+            .map(|s| cidr("clusterCIDR", s))
+            .chain(raw.non_masquerade_cidrs.unwrap_or_default().iter().map(|s| cidr("nonMasqueradeCIDRs", s)))
+            .map(|c| c.map(|c| c.as_network()))
+            .collect::<Result<Vec<_>>>()?;
+
         Ok(NetConf {
             cni_version: raw.cni_version,
             name: raw.name,
@@ -289,6 +326,10 @@ impl NetConf {
             requested_ips,
             requested_mac,
             valid_attachments: raw.valid_attachments.or(raw.attachments),
+            hairpin_mode: raw.hairpin_mode.unwrap_or(true),
+            ip_forward: raw.ip_forward.unwrap_or(true),
+            ip_masq: raw.ip_masq.unwrap_or(false),
+            no_masquerade,
         })
     }
 }

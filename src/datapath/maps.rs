@@ -31,8 +31,18 @@ pub const SETTINGS_F_POLICY: u32 = 0x2;
 pub const SETTINGS_F_HAS_DENY: u32 = 0x4;
 
 /// Every map of a network's pin directory, by pin name.
-pub const MAP_NAMES: &[&str] =
-    &["endpoints", "pods", "stats", "ipcache", "iprules", "identity_flags", "settings", "conntrack", "events"];
+pub const MAP_NAMES: &[&str] = &[
+    "endpoints",
+    "pods",
+    "stats",
+    "ipcache",
+    "iprules",
+    "identity_flags",
+    "settings",
+    "conntrack",
+    "hostflows",
+    "events",
+];
 
 /// Views a generated map type as the bytes the kernel expects.
 fn as_bytes<T: Copy>(v: &T) -> &[u8] {

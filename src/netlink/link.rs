@@ -160,6 +160,28 @@ impl Netlink {
             .with_context(|| format!("attach link {index} to bridge {master}"))
     }
 
+    /// A bridge port's hairpin mode: whether a frame may leave through the
+    /// port it came in on. br_netfilter translates bridged frames (a pod
+    /// reaching itself through a Service), which then must go back out of
+    /// their own port: kubelet's hairpin-veth mode.
+    pub fn set_hairpin(&self, index: u32, on: bool) -> Result<()> {
+        const AF_BRIDGE: u8 = 7;
+        const IFLA_PROTINFO: u16 = 12;
+        const IFLA_BRPORT_MODE: u16 = 4;
+        const NLA_F_NESTED: u16 = 0x8000;
+        let mut port = RtBuffer::<u16, Buffer>::new();
+        port.push(attr(IFLA_BRPORT_MODE, u8::from(on))?);
+        let mut attrs = RtBuffer::new();
+        attrs.push(attr(Ifla::UnrecognizedConst(IFLA_PROTINFO | NLA_F_NESTED), port)?);
+        let msg = IfinfomsgBuilder::default()
+            .ifi_family(RtAddrFamily::UnrecognizedConst(AF_BRIDGE))
+            .ifi_index(index as i32)
+            .rtattrs(attrs)
+            .build()
+            .map_err(|e| anyhow!("build ifinfomsg: {e}"))?;
+        self.request(Rtm::Setlink, NlmF::empty(), msg).with_context(|| format!("set hairpin mode of link {index}"))
+    }
+
     pub fn set_up(&self, index: u32) -> Result<()> {
         let msg = IfinfomsgBuilder::default()
             .ifi_family(RtAddrFamily::Unspecified)

@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod node;
+
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
@@ -153,6 +155,9 @@ impl TestNet {
             "subnet": format!("10.251.{id}.0/24"),
             "dataDir": data_dir,
             "bpfPinPath": pin_path,
+            // These tests run in the machine's own namespace, whose sysctls
+            // are not theirs to change (tests/node.rs runs whole nodes).
+            "ipForward": false,
         });
         for (k, v) in extra.as_object().into_iter().flatten() {
             if v.is_null() {

@@ -1,0 +1,232 @@
+//! ebpfcni's own nftables table, `inet ebpfcni`, driven through `nft -j`
+//! (nftables' JSON interface; kube-proxy's nftables mode programs the
+//! kernel the same way, through the nft binary). Nothing outside this
+//! table is ever read or changed.
+//!
+//! The table holds one base chain per network that masquerades
+//! (`masq-<network>`, nat/postrouting), and a `state` chain whose rule
+//! comments remember the sysctls ebpfcni changed and their earlier values,
+//! so removing the table restores them. Every change is one `nft -f`
+//! batch: applied whole or not at all.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::{json, Value};
+
+use crate::ipam::Cidr;
+
+pub const TABLE: &str = "ebpfcni";
+const FAMILY: &str = "inet";
+const STATE_CHAIN: &str = "state";
+const MASQ_PREFIX: &str = "masq-";
+/// The comment of a network chain's first rule: the hash of its rules,
+/// so an unchanged network costs one listing and no write.
+const SPEC_PREFIX: &str = "ebpfcni spec ";
+const SYSCTL_PREFIX: &str = "ebpfcni sysctl ";
+
+/// What one network needs masqueraded.
+pub struct Masquerade<'a> {
+    pub network: &'a str,
+    pub bridge: &'a str,
+    /// The network's subnets: sources to masquerade.
+    pub sources: Vec<Cidr>,
+    /// Destinations reached with the pod's own address.
+    pub exempt: &'a [Cidr],
+}
+
+/// The table as the kernel has it: chain names and rule comments.
+#[derive(Default, Debug)]
+pub struct Table {
+    pub exists: bool,
+    pub chains: Vec<String>,
+    /// (chain, comment) of every rule that has one.
+    pub comments: Vec<(String, String)>,
+}
+
+/// Runtimes may call plugins with a bare PATH: look where Debian and
+/// others install nft first.
+fn nft_binary() -> &'static str {
+    ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .unwrap_or("nft")
+}
+
+fn run(args: &[&str], stdin: Option<&str>) -> Result<String> {
+    let mut child = Command::new(nft_binary())
+        .args(args)
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("run nft (install nftables)")?;
+    if let Some(input) = stdin {
+        child.stdin.take().expect("piped").write_all(input.as_bytes()).context("write to nft")?;
+    }
+    let out = child.wait_with_output().context("wait for nft")?;
+    if !out.status.success() {
+        bail!("nft {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+impl Table {
+    /// The table as it is; None when the node has no nft command.
+    pub fn read() -> Result<Option<Table>> {
+        let out = match run(&["-j", "list", "table", FAMILY, TABLE], None) {
+            Ok(out) => out,
+            Err(e) if e.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::NotFound) => {
+                return Ok(None)
+            }
+            Err(e) if format!("{e:#}").contains("No such file or directory") => return Ok(Some(Table::default())),
+            Err(e) => return Err(e),
+        };
+        let v: Value = serde_json::from_str(&out).context("parse nft -j output")?;
+        let mut t = Table { exists: true, ..Table::default() };
+        for item in v["nftables"].as_array().into_iter().flatten() {
+            if let Some(name) = item["chain"]["name"].as_str() {
+                t.chains.push(name.to_string());
+            }
+            let rule = &item["rule"];
+            if let (Some(chain), Some(comment)) = (rule["chain"].as_str(), rule["comment"].as_str()) {
+                t.comments.push((chain.to_string(), comment.to_string()));
+            }
+        }
+        Ok(Some(t))
+    }
+
+    /// The sysctls ebpfcni changed: (name, value before).
+    pub fn recorded_sysctls(&self) -> Vec<(String, String)> {
+        self.comments
+            .iter()
+            .filter(|(c, _)| c == STATE_CHAIN)
+            .filter_map(|(_, m)| m.strip_prefix(SYSCTL_PREFIX)?.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    pub fn masq_networks(&self) -> Vec<String> {
+        self.chains.iter().filter_map(|c| c.strip_prefix(MASQ_PREFIX)).map(str::to_string).collect()
+    }
+
+    fn has_spec(&self, chain: &str, hash: &str) -> bool {
+        self.comments.iter().any(|(c, m)| c == chain && m.strip_prefix(SPEC_PREFIX) == Some(hash))
+    }
+}
+
+fn table_obj() -> Value {
+    json!({"family": FAMILY, "name": TABLE})
+}
+
+fn chain_obj(name: &str) -> Value {
+    json!({"family": FAMILY, "table": TABLE, "name": name})
+}
+
+fn rule(chain: &str, expr: Vec<Value>, comment: Option<String>) -> Value {
+    let mut r = json!({"family": FAMILY, "table": TABLE, "chain": chain, "expr": expr});
+    if let Some(c) = comment {
+        r["comment"] = json!(c);
+    }
+    json!({"add": {"rule": r}})
+}
+
+fn addr_match(field: &str, op: &str, c: &Cidr) -> Value {
+    let proto = if c.is_ipv4() { "ip" } else { "ip6" };
+    json!({"match": {"op": op, "left": {"payload": {"protocol": proto, "field": field}},
+                     "right": {"prefix": {"addr": c.addr.to_string(), "len": c.prefix}}}})
+}
+
+/// The rules of a network's masquerade chain: exempt destinations return,
+/// anything else from the network's subnets that leaves through another
+/// device than the bridge takes the node's address.
+fn masq_rules(m: &Masquerade<'_>) -> Vec<Vec<Value>> {
+    let mut rules = Vec::new();
+    for e in m.exempt {
+        rules.push(vec![addr_match("daddr", "==", e), json!({"return": null})]);
+    }
+    for s in &m.sources {
+        rules.push(vec![
+            addr_match("saddr", "==", s),
+            json!({"match": {"op": "!=", "left": {"meta": {"key": "oifname"}}, "right": m.bridge}}),
+            json!({"masquerade": null}),
+        ]);
+    }
+    rules
+}
+
+/// A change to the table, built up and applied in one batch.
+#[derive(Default)]
+pub struct Batch {
+    commands: Vec<Value>,
+}
+
+impl Batch {
+    fn ensure_table(&mut self) {
+        if self.commands.is_empty() {
+            self.commands.push(json!({"add": {"table": table_obj()}}));
+        }
+    }
+
+    /// Remembers a sysctl's value from before ebpfcni changed it.
+    pub fn record_sysctl(&mut self, table: &Table, name: &str, before: &str) {
+        if table.recorded_sysctls().iter().any(|(k, _)| k == name) {
+            return; // the first value seen is the one to restore
+        }
+        self.ensure_table();
+        self.commands.push(json!({"add": {"chain": chain_obj(STATE_CHAIN)}}));
+        self.commands.push(rule(
+            STATE_CHAIN,
+            vec![json!({"counter": null})],
+            Some(format!("{SYSCTL_PREFIX}{name}={before}")),
+        ));
+    }
+
+    /// Makes the network's masquerade chain what `m` says, if it is not.
+    pub fn masquerade(&mut self, table: &Table, m: &Masquerade<'_>) {
+        let chain = format!("{MASQ_PREFIX}{}", m.network);
+        let rules = masq_rules(m);
+        let hash = format!("{:016x}", crate::fnv::fnv1a64(format!("{rules:?}{}", m.network).as_bytes()));
+        if table.has_spec(&chain, &hash) {
+            return;
+        }
+        self.ensure_table();
+        let mut base = chain_obj(&chain);
+        base["type"] = json!("nat");
+        base["hook"] = json!("postrouting");
+        base["prio"] = json!(100); // srcnat
+        base["policy"] = json!("accept");
+        self.commands.push(json!({"add": {"chain": base}}));
+        self.commands.push(json!({"flush": {"chain": chain_obj(&chain)}}));
+        self.commands.push(rule(&chain, vec![json!({"counter": null})], Some(format!("{SPEC_PREFIX}{hash}"))));
+        for r in rules {
+            self.commands.push(rule(&chain, r, None));
+        }
+    }
+
+    /// Removes a network's masquerade chain, when there is one.
+    pub fn remove_masquerade(&mut self, table: &Table, network: &str) {
+        let chain = format!("{MASQ_PREFIX}{network}");
+        if table.chains.contains(&chain) {
+            self.commands.push(json!({"flush": {"chain": chain_obj(&chain)}}));
+            self.commands.push(json!({"delete": {"chain": chain_obj(&chain)}}));
+        }
+    }
+
+    /// Removes the whole table.
+    pub fn delete_table(&mut self, table: &Table) {
+        if table.exists {
+            self.commands = vec![json!({"delete": {"table": table_obj()}})];
+        }
+    }
+
+    pub fn apply(self) -> Result<()> {
+        if self.commands.is_empty() {
+            return Ok(());
+        }
+        let doc = json!({"nftables": self.commands}).to_string();
+        run(&["-j", "-f", "-"], Some(&doc)).map_err(|e| anyhow!("update nftables table {FAMILY} {TABLE}: {e:#}"))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,34 @@
+//! The node's sysctls that pods need, read and written through
+//! /proc/sys/net (which shows the calling process's network namespace).
+
+use std::fs;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+/// IPv4 forwarding: pods reach beyond the node through it.
+pub const IPV4_FORWARD: &str = "net/ipv4/ip_forward";
+/// IPv6 forwarding, on every interface.
+pub const IPV6_FORWARD: &str = "net/ipv6/conf/all/forwarding";
+
+fn path(name: &str) -> std::path::PathBuf {
+    Path::new("/proc/sys").join(name)
+}
+
+pub fn read(name: &str) -> Result<String> {
+    Ok(fs::read_to_string(path(name)).with_context(|| format!("read sysctl {name}"))?.trim().to_string())
+}
+
+pub fn write(name: &str, value: &str) -> Result<()> {
+    fs::write(path(name), value).with_context(|| format!("set sysctl {name} = {value}"))
+}
+
+/// Sets `name` to `value`; returns the value it had when it was changed.
+pub fn ensure(name: &str, value: &str) -> Result<Option<String>> {
+    let old = read(name)?;
+    if old == value {
+        return Ok(None);
+    }
+    write(name, value)?;
+    Ok(Some(old))
+}
