@@ -11,7 +11,7 @@
 set -euo pipefail
 
 PACKAGES=(clang llvm make gcc pkg-config libelf-dev zlib1g-dev
-          iproute2 iputils-ping bpftool containernetworking-plugins iptables nftables
+          iproute2 iputils-ping bpftool containernetworking-plugins iptables nftables python3-scapy
           qemu-system-x86 busybox-static cpio xz-utils zstd debian-archive-keyring)
 
 missing=()

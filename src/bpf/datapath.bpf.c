@@ -209,6 +209,9 @@ int from_pod(struct __sk_buff *skb)
 		return drop(skb, &pod->addr, &p, REASON_PARSE, COUNT_DROP_PARSE, DIR_FROM_POD);
 	if (!mac_equal(eth->h_source, pod->mac))
 		return drop(skb, &pod->addr, &p, REASON_SPOOFED_MAC, COUNT_DROP_SPOOFED, DIR_FROM_POD);
+	/* A tag the veth carries beside the frame hides what is inside. */
+	if (skb->vlan_present)
+		return drop(skb, &pod->addr, &p, REASON_ETHERTYPE, COUNT_DROP_PARSE, DIR_FROM_POD);
 	if (eth->h_proto == bpf_htons(ETH_P_ARP)) {
 		int honest = arp_is_honest(skb, pod);
 
@@ -222,8 +225,14 @@ int from_pod(struct __sk_buff *skb)
 	parsed = packet_parse(skb, &p);
 	if (parsed == PARSE_ERROR)
 		return drop(skb, &pod->addr, &p, REASON_PARSE, COUNT_DROP_PARSE, DIR_FROM_POD);
+	/* A pod speaks IPv4, IPv6 and ARP; anything else (VLAN tags in the
+	 * frame, QinQ, other ethertypes) could carry what no check sees. */
 	if (parsed == PARSE_NOT_IP)
-		return TC_ACT_OK;
+		return drop(skb, &pod->addr, &p, REASON_ETHERTYPE, COUNT_DROP_PARSE, DIR_FROM_POD);
+	/* A pod is no router: its advertisements and redirects would steer
+	 * other pods' and the node's traffic (CVE-2020-10749). */
+	if (p.router_message)
+		return drop(skb, &pod->addr, &p, REASON_ROUTER_MESSAGE, COUNT_DROP_SPOOFED, DIR_FROM_POD);
 
 	if (!owned_by(&p.src, ifindex)) {
 		/* Link-local and unspecified sources serve neighbour discovery

@@ -143,6 +143,8 @@ struct hostflow_value {
 #define REASON_POLICY 5
 #define REASON_NO_ENDPOINT 6
 #define REASON_PARSE 7
+#define REASON_ETHERTYPE 8      /* neither IPv4, IPv6 nor ARP, or VLAN tagged */
+#define REASON_ROUTER_MESSAGE 9 /* a router advertisement or redirect */
 
 #define EVENT_PASSED 0
 #define EVENT_REDIRECTED 1

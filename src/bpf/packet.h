@@ -16,7 +16,9 @@
 #define ICMP_ECHO_ 8
 #define ICMPV6_ECHO_REQUEST_ 128
 #define ICMPV6_ECHO_REPLY_ 129
+#define ICMP_REDIRECT_ 5
 #define NDISC_ROUTER_SOLICITATION_ 133
+#define NDISC_ROUTER_ADVERTISEMENT_ 134
 #define NDISC_NEIGHBOUR_ADVERTISEMENT_ 136
 #define NDISC_REDIRECT_ 137
 
@@ -36,7 +38,20 @@ struct packet {
 	__u8 nd;     /* ICMPv6 neighbour discovery (types 133-137) */
 	__u8 has_na_target;
 	struct ip_key na_target; /* neighbour advertisement's target */
+	__u8 router_message;     /* a router advertisement or an ICMP redirect */
 };
+
+/* IPv6 extension headers walked to find the real L4 header: hop-by-hop,
+ * routing, fragment, destination options, authentication. A chain longer
+ * than this is refused rather than guessed at. */
+#define IPV6_EXT_MAX 6
+#define IPV6_EXT_HOP 0
+#define IPV6_EXT_ROUTING 43
+#define IPV6_EXT_FRAGMENT 44
+#define IPV6_EXT_AUTH 51
+#define IPV6_EXT_DSTOPTS 60
+/* Where the L4 header may start at the latest. */
+#define L4_OFFSET_MAX 1024
 
 static __always_inline void ip_key_set_v4(struct ip_key *key, __be32 addr)
 {
@@ -92,6 +107,10 @@ static __always_inline int packet_parse_l4(void *l4, void *data_end, struct pack
 			p->sport = id;
 		else if (icmp[0] == ICMPV6_ECHO_REPLY_ && p->proto == IPPROTO_ICMPV6_)
 			p->dport = id;
+		if ((p->proto == IPPROTO_ICMPV6_ &&
+		     (icmp[0] == NDISC_ROUTER_ADVERTISEMENT_ || icmp[0] == NDISC_REDIRECT_)) ||
+		    (p->proto == IPPROTO_ICMP_ && icmp[0] == ICMP_REDIRECT_))
+			p->router_message = 1;
 		if (p->proto == IPPROTO_ICMPV6_ && icmp[0] >= NDISC_ROUTER_SOLICITATION_ &&
 		    icmp[0] <= NDISC_REDIRECT_) {
 			p->nd = 1;
@@ -106,12 +125,53 @@ static __always_inline int packet_parse_l4(void *l4, void *data_end, struct pack
 	return PARSE_IP;
 }
 
+static __always_inline int ipv6_is_ext(__u8 nh)
+{
+	return nh == IPV6_EXT_HOP || nh == IPV6_EXT_ROUTING || nh == IPV6_EXT_FRAGMENT || nh == IPV6_EXT_AUTH ||
+	       nh == IPV6_EXT_DSTOPTS;
+}
+
+/* Walks the extension headers after the IPv6 header; sets p->proto to the
+ * real upper-layer protocol and returns its offset, 0 for a later fragment
+ * (no L4 header), or -1 for a truncated or over-long chain. */
+static __always_inline int ipv6_skip_ext(struct __sk_buff *skb, __u8 nh, struct packet *p)
+{
+	__u32 off = sizeof(struct ethhdr) + sizeof(struct ipv6hdr);
+
+#pragma unroll
+	for (int i = 0; i < IPV6_EXT_MAX; i++) {
+		__u8 h[4];
+
+		if (!ipv6_is_ext(nh))
+			break;
+		if (bpf_skb_load_bytes(skb, off, h, sizeof(h)) < 0)
+			return -1;
+		if (nh == IPV6_EXT_FRAGMENT) {
+			/* Bytes 2-3: offset (13 bits) and flags. */
+			nh = h[0];
+			off += 8;
+			if (((h[2] << 8) | h[3]) & 0xfff8) {
+				p->proto = nh;
+				return 0;
+			}
+			continue;
+		}
+		off += nh == IPV6_EXT_AUTH ? ((__u32)h[1] + 2) * 4 : ((__u32)h[1] + 1) * 8;
+		nh = h[0];
+	}
+	if (ipv6_is_ext(nh) || off > L4_OFFSET_MAX)
+		return -1;
+	p->proto = nh;
+	return off;
+}
+
 /* Fills p from an Ethernet frame. */
 static __always_inline int packet_parse(struct __sk_buff *skb, struct packet *p)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
 	struct ethhdr *eth = data;
+	int off;
 
 	if ((void *)(eth + 1) > data_end)
 		return PARSE_ERROR;
@@ -138,8 +198,12 @@ static __always_inline int packet_parse(struct __sk_buff *skb, struct packet *p)
 		__builtin_memcpy(p->src.addr, &ip6->saddr, 16);
 		__builtin_memcpy(p->dst.addr, &ip6->daddr, 16);
 		p->family = 6;
-		p->proto = ip6->nexthdr;
-		return packet_parse_l4(ip6 + 1, data_end, p);
+		off = ipv6_skip_ext(skb, ip6->nexthdr, p);
+		if (off < 0)
+			return PARSE_ERROR;
+		if (off == 0)
+			return PARSE_IP;
+		return packet_parse_l4(data + (off & (L4_OFFSET_MAX * 2 - 1)), data_end, p);
 	}
 	return PARSE_NOT_IP;
 }

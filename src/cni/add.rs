@@ -90,6 +90,9 @@ fn add_in_scope<'s, 'e>(
     if conf.hairpin_mode {
         host.set_hairpin(host_link.index, true)?;
     }
+    for dev in [conf.bridge.as_str(), host_if] {
+        crate::node::sysctl::refuse_router_advertisements(dev)?;
+    }
 
     let netns_path = ns.path();
     let pod_link = pod

@@ -526,6 +526,8 @@ pub mod event {
                 4 => "spoofed-nd",
                 5 => "policy",
                 6 => "no-endpoint",
+                8 => "ethertype",
+                9 => "router-message",
                 _ => "parse-error",
             },
             direction: if e.dir == 2 { "to-pod" } else { "from-pod" },

@@ -23,6 +23,17 @@ pub fn write(name: &str, value: &str) -> Result<()> {
     fs::write(path(name), value).with_context(|| format!("set sysctl {name} = {value}"))
 }
 
+/// An interface of ours never takes router advertisements: pods are no
+/// routers, and the node's own routes are not theirs to set. Nothing to do
+/// where IPv6 is off.
+pub fn refuse_router_advertisements(ifname: &str) -> Result<()> {
+    let name = format!("net/ipv6/conf/{ifname}/accept_ra");
+    if !path(&name).exists() || read(&name)? == "0" {
+        return Ok(());
+    }
+    write(&name, "0")
+}
+
 /// Sets `name` to `value`; returns the value it had when it was changed.
 pub fn ensure(name: &str, value: &str) -> Result<Option<String>> {
     let old = read(name)?;
