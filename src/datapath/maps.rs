@@ -428,6 +428,29 @@ impl Maps {
         self.settings.update(&0u32.to_ne_bytes(), as_bytes(&value), MapFlags::ANY).context("write settings")
     }
 
+    /// Forgets every tracked connection from or to one of `ips` (a pod
+    /// that is gone); returns how many.
+    pub fn remove_conntrack_of(&self, ips: &[IpAddr]) -> Result<usize> {
+        if ips.is_empty() {
+            return Ok(0);
+        }
+        self.retain_conntrack(|src, dst| !ips.contains(&src) && !ips.contains(&dst))
+    }
+
+    /// Keeps only the tracked connections `keep(src, dst)` accepts; returns
+    /// how many went.
+    pub fn retain_conntrack(&self, keep: impl Fn(IpAddr, IpAddr) -> bool) -> Result<usize> {
+        let mut n = 0;
+        for key in self.conntrack.keys() {
+            let k: ct_key = from_bytes(&key);
+            if !keep(key_to_ip(&k.src), key_to_ip(&k.dst)) {
+                delete(&self.conntrack, &key, "tracked connection")?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     pub fn conntrack(&self) -> Result<Vec<ConntrackEntry>> {
         let mut out = Vec::new();
         for key in self.conntrack.keys() {
