@@ -9,7 +9,8 @@ use anyhow::{Context, Result};
 use libbpf_rs::{libbpf_sys, MapCore, MapFlags, MapHandle, MapType};
 
 const PIN: &str = "rules";
-const TEXT: usize = 256;
+/// Room for a Kubernetes namespace/name (63 + 253) and the JSON around it.
+const TEXT: usize = 512;
 const MAX_RULES: u32 = 65_536;
 
 pub struct RuleBook(MapHandle);
