@@ -124,7 +124,7 @@ fn default_deny_opens_exactly_what_a_rule_allows() {
     let n = &status["networks"][0];
     assert_eq!(n["network"], net.name.as_str(), "{status}");
     assert_eq!(n["pods"], 2);
-    assert_eq!(n["attached_tcx"], 2);
+    assert_eq!(n["attached"]["tcx"], 2, "as the kernel reports it");
     assert_eq!(n["program_is_this_binary"], true);
     assert_eq!(n["policy"]["default_action"], "deny");
     assert_eq!(n["policy"]["rules"], 3, "{status}");

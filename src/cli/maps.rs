@@ -1,10 +1,16 @@
-//! `ebpfcni maps dump <map>`: every map in readable form.
+//! `ebpfcni maps dump <map>`: every map in readable form, as a table or as
+//! JSON, optionally narrowed to the rows of one address (`--ip`) or one pod
+//! (`--pod`, a container ID or host veth).
 
-use anyhow::Result;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
-use serde_json::json;
+use serde_json::{json, Value};
 
 use super::{ifname, Target};
+use crate::cni::config::DEFAULT_DATA_DIR;
 use crate::cni::result::mac_string;
 use crate::datapath::{proto_name, ENDPOINT_F_TC, ENDPOINT_F_TCX};
 
@@ -28,8 +34,15 @@ pub enum MapName {
     Iprules,
     /// tracked connections
     Conntrack,
+    /// flows that reached a pod through the host (replies return that way)
+    Hostflows,
+    /// isolated identities per policy set
+    #[value(name = "identity_flags", alias = "identity-flags")]
+    IdentityFlags,
     /// active policy set, generation, default action
     Settings,
+    /// drop and flow events queued in the ring buffer (reading consumes them)
+    Events,
 }
 
 #[derive(Args)]
@@ -40,6 +53,65 @@ pub struct DumpArgs {
     /// Machine-readable output.
     #[arg(long)]
     json: bool,
+    /// Only rows about this address.
+    #[arg(long)]
+    ip: Option<IpAddr>,
+    /// Only rows about this pod: its container ID or host veth.
+    #[arg(long)]
+    pod: Option<String>,
+    /// The config's "dataDir" (to find a pod by container ID).
+    #[arg(long, default_value = DEFAULT_DATA_DIR)]
+    data_dir: PathBuf,
+}
+
+/// What `--ip` / `--pod` select: addresses, a host veth, identities.
+#[derive(Default)]
+struct Filter {
+    ips: Vec<IpAddr>,
+    ifindex: Option<u32>,
+    identities: Vec<u32>,
+}
+
+impl Filter {
+    fn build(args: &DumpArgs, maps: &crate::datapath::Maps, dir: &std::path::Path) -> Result<Option<Filter>> {
+        let mut f = Filter::default();
+        if let Some(ip) = args.ip {
+            f.ips.push(ip);
+        } else if let Some(pod) = &args.pod {
+            let network = args.target.network()?;
+            let rows = super::podview::pods(dir, &network, maps, &args.data_dir)?;
+            let p = rows
+                .into_iter()
+                .find(|p| p.container_id == *pod || p.host_veth == *pod)
+                .with_context(|| format!("no pod {pod:?} (a container ID or host veth) in network {network}"))?;
+            f.ips = p.addresses;
+            f.ifindex = Some(p.ifindex);
+        } else {
+            return Ok(None);
+        }
+        let active = maps.settings()?.active_set as u8 & 1;
+        for ip in &f.ips {
+            f.identities.extend(maps.identity_of(active, *ip)?);
+        }
+        Ok(Some(f))
+    }
+
+    /// Whether a dumped row is about the selected addresses.
+    fn keeps(&self, row: &Value) -> bool {
+        let ip_of = |k: &str| row[k].as_str().and_then(|s| s.parse::<IpAddr>().ok());
+        let names_ip = |k: &str| {
+            row[k].as_str().is_some_and(|s| s.split(',').any(|p| self.ips.iter().any(|ip| p == ip.to_string())))
+        };
+        ["ip", "src", "dst"].iter().any(|k| ip_of(k).is_some_and(|ip| self.ips.contains(&ip)))
+            || row["ifindex"].as_u64().is_some_and(|i| Some(i as u32) == self.ifindex)
+            || row["prefix"]
+                .as_str()
+                .and_then(|p| p.parse::<crate::ipam::Cidr>().ok())
+                .is_some_and(|c| self.ips.iter().any(|ip| c.contains(*ip)))
+            || row["identity"].as_u64().is_some_and(|i| self.identities.contains(&(i as u32)))
+            || names_ip("subject")
+            || names_ip("peer")
+    }
 }
 
 pub fn run(cmd: MapsCommand) -> Result<()> {
@@ -58,13 +130,32 @@ fn attach_name(flags: u16) -> &'static str {
     }
 }
 
+/// The events queued in the ring buffer, read (and so consumed) as the
+/// network's one events reader: refused while a monitor runs.
+fn queued_events(dir: &std::path::Path, maps: &crate::datapath::Maps) -> Result<Vec<Value>> {
+    let _reader = crate::datapath::claim_events(dir, maps, false)?;
+    let pods: std::collections::HashMap<u32, IpAddr> = maps.pods()?.into_iter().map(|p| (p.ifindex, p.addr)).collect();
+    let rows = std::cell::RefCell::new(Vec::new());
+    let mut builder = libbpf_rs::RingBufferBuilder::new();
+    builder
+        .add(&maps.events, |raw: &[u8]| {
+            let e = crate::datapath::event::decode(raw);
+            let pod = super::monitor::pod_name(&pods, e.ifindex);
+            let mut v = serde_json::to_value(&e).unwrap_or_default();
+            v["pod"] = json!(pod);
+            v["line"] = json!(super::monitor::line(&e, &pod));
+            rows.borrow_mut().push(v);
+            0
+        })
+        .context("open events ring buffer")?;
+    let ring = builder.build().context("open events ring buffer")?;
+    ring.consume().context("read events")?;
+    drop(ring);
+    Ok(rows.into_inner())
+}
+
 /// Prints rows as JSON or as a table under `header`.
-fn emit(
-    json_out: bool,
-    rows: Vec<serde_json::Value>,
-    header: &str,
-    line: impl Fn(&serde_json::Value) -> String,
-) -> Result<()> {
+fn emit(json_out: bool, rows: Vec<Value>, header: &str, line: &dyn Fn(&Value) -> String) -> Result<()> {
     if json_out {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
@@ -84,25 +175,38 @@ fn s(v: &serde_json::Value) -> String {
 }
 
 fn dump(args: &DumpArgs) -> Result<()> {
-    let (_, maps) = args.target.open()?;
+    let (dir, maps) = args.target.open()?;
+    let filter = Filter::build(args, &maps, &dir)?;
+    if filter.is_some() && matches!(args.map, MapName::Settings) {
+        bail!("settings is one entry for the whole network: --ip and --pod do not apply");
+    }
     let j = args.json;
+    let emit = |json_out: bool, rows: Vec<Value>, header: &str, line: &dyn Fn(&Value) -> String| {
+        let rows = rows.into_iter().filter(|r| filter.as_ref().is_none_or(|f| f.keeps(r))).collect();
+        emit(json_out, rows, header, line)
+    };
     match args.map {
         MapName::Endpoints => {
             let rows = maps.endpoints()?.iter().map(|e| json!({"ip": e.ip, "ifindex": e.ifindex, "interface": ifname(e.ifindex), "mac": mac_string(e.mac), "attach": attach_name(e.flags)})).collect();
-            emit(j, rows, &format!("{:<40} {:>7} {:<16} {:<17} ATTACH", "IP", "IFINDEX", "HOST VETH", "POD MAC"), |r| {
-                format!(
-                    "{:<40} {:>7} {:<16} {:<17} {}",
-                    s(&r["ip"]),
-                    s(&r["ifindex"]),
-                    s(&r["interface"]),
-                    s(&r["mac"]),
-                    s(&r["attach"])
-                )
-            })
+            emit(
+                j,
+                rows,
+                &format!("{:<40} {:>7} {:<16} {:<17} ATTACH", "IP", "IFINDEX", "HOST VETH", "POD MAC"),
+                &|r: &Value| {
+                    format!(
+                        "{:<40} {:>7} {:<16} {:<17} {}",
+                        s(&r["ip"]),
+                        s(&r["ifindex"]),
+                        s(&r["interface"]),
+                        s(&r["mac"]),
+                        s(&r["attach"])
+                    )
+                },
+            )
         }
         MapName::Pods => {
             let rows = maps.pods()?.iter().map(|p| json!({"ifindex": p.ifindex, "interface": ifname(p.ifindex), "ip": p.addr, "mac": mac_string(p.mac)})).collect();
-            emit(j, rows, &format!("{:>7} {:<16} {:<40} POD MAC", "IFINDEX", "HOST VETH", "POD IP"), |r| {
+            emit(j, rows, &format!("{:>7} {:<16} {:<40} POD MAC", "IFINDEX", "HOST VETH", "POD IP"), &|r: &Value| {
                 format!("{:>7} {:<16} {:<40} {}", s(&r["ifindex"]), s(&r["interface"]), s(&r["ip"]), s(&r["mac"]))
             })
         }
@@ -115,7 +219,7 @@ fn dump(args: &DumpArgs) -> Result<()> {
                     "{:<40} {:>9} {:>11} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8}",
                     "POD IP", "PACKETS", "BYTES", "REDIRECTED", "PASSED", "SPOOFED", "POLICY", "NO-EP", "PARSE"
                 ),
-                |r| {
+                &|r: &Value| {
                     format!(
                         "{:<40} {:>9} {:>11} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8}",
                         s(&r["ip"]),
@@ -134,7 +238,7 @@ fn dump(args: &DumpArgs) -> Result<()> {
         MapName::Ipcache => {
             let active = maps.settings()?.active_set as u8;
             let rows = maps.ipcache()?.iter().map(|e| json!({"set": e.set, "active": e.set == active, "prefix": e.prefix.to_string(), "identity": e.identity})).collect();
-            emit(j, rows, &format!("{:<44} {:>10} SET", "PREFIX", "IDENTITY"), |r| {
+            emit(j, rows, &format!("{:<44} {:>10} SET", "PREFIX", "IDENTITY"), &|r: &Value| {
                 format!(
                     "{:<44} {:>10} {}{}",
                     s(&r["prefix"]),
@@ -156,7 +260,7 @@ fn dump(args: &DumpArgs) -> Result<()> {
                     "{:>5} {:<8} {:<30} {:<30} {:<6} {:>5} VERDICT",
                     "RULE", "DIR", "SUBJECT", "PEER", "PROTO", "PORT"
                 ),
-                |r| {
+                &|r: &Value| {
                     format!(
                         "{:>5} {:<8} {:<30} {:<30} {:<6} {:>5} {}",
                         s(&r["rule"]),
@@ -172,7 +276,7 @@ fn dump(args: &DumpArgs) -> Result<()> {
         }
         MapName::Conntrack => {
             let rows = maps.conntrack()?.iter().map(|c| json!({"src": c.src, "sport": c.sport, "dst": c.dst, "dport": c.dport, "proto": proto_name(c.proto), "generation": c.generation})).collect();
-            emit(j, rows, &format!("{:<46} {:<46} {:<6} GEN", "SOURCE", "DESTINATION", "PROTO"), |r| {
+            emit(j, rows, &format!("{:<46} {:<46} {:<6} GEN", "SOURCE", "DESTINATION", "PROTO"), &|r: &Value| {
                 format!(
                     "{:<46} {:<46} {:<6} {}",
                     format!("{}:{}", s(&r["src"]), s(&r["sport"])),
@@ -182,10 +286,63 @@ fn dump(args: &DumpArgs) -> Result<()> {
                 )
             })
         }
+        MapName::Hostflows => {
+            let rows = maps.hostflows()?.iter().map(|c| json!({"src": c.src, "sport": c.sport, "dst": c.dst, "dport": c.dport, "proto": proto_name(c.proto)})).collect();
+            emit(j, rows, &format!("{:<46} {:<46} PROTO", "SOURCE", "DESTINATION"), &|r: &Value| {
+                format!(
+                    "{:<46} {:<46} {}",
+                    format!("{}:{}", s(&r["src"]), s(&r["sport"])),
+                    format!("{}:{}", s(&r["dst"]), s(&r["dport"])),
+                    s(&r["proto"])
+                )
+            })
+        }
         MapName::Settings => {
             let st = maps.settings()?;
             let row = json!({"active_set": st.active_set, "generation": st.generation, "default_action": if st.default_deny { "deny" } else { "allow" }, "trace_flows": st.flags & crate::datapath::SETTINGS_F_TRACE_FLOWS != 0});
-            emit(j, vec![row], "SETTINGS", |r| r.to_string())
+            emit(
+                j,
+                vec![row],
+                &format!("{:>10} {:>10} {:<8} TRACE FLOWS", "ACTIVE SET", "GENERATION", "DEFAULT"),
+                &|r: &Value| {
+                    format!(
+                        "{:>10} {:>10} {:<8} {}",
+                        s(&r["active_set"]),
+                        s(&r["generation"]),
+                        s(&r["default_action"]),
+                        if r["trace_flows"] == true { "on" } else { "off" }
+                    )
+                },
+            )
+        }
+        MapName::IdentityFlags => {
+            let active = maps.settings()?.active_set as u8 & 1;
+            let rows = maps
+                .identity_flags()?
+                .iter()
+                .map(|(set, id, flags)| {
+                    json!({
+                        "set": set, "active": *set == active, "identity": id,
+                        "ingress_isolated": flags & crate::datapath::ISOLATED_INGRESS != 0,
+                        "egress_isolated": flags & crate::datapath::ISOLATED_EGRESS != 0,
+                    })
+                })
+                .collect();
+            emit(j, rows, &format!("{:>10} {:<8} {:<8} SET", "IDENTITY", "INGRESS", "EGRESS"), &|r: &Value| {
+                let iso = |k: &str| if r[k] == true { "isolated" } else { "open" };
+                format!(
+                    "{:>10} {:<8} {:<8} {}{}",
+                    s(&r["identity"]),
+                    iso("ingress_isolated"),
+                    iso("egress_isolated"),
+                    s(&r["set"]),
+                    if r["active"] == true { " (active)" } else { "" }
+                )
+            })
+        }
+        MapName::Events => {
+            let rows = queued_events(&dir, &maps)?;
+            emit(j, rows, "EVENTS (queued; reading them consumed them)", &|r: &Value| s(&r["line"]))
         }
     }
 }

@@ -2,9 +2,12 @@
 //! `version`. Human tables by default, `--json` for scripts.
 
 mod bench;
+mod conflist;
 mod maps;
 mod monitor;
 mod node;
+mod pods;
+mod podview;
 mod policy;
 mod status;
 
@@ -44,8 +47,16 @@ enum Command {
     },
     /// The node's and each network's datapath at a glance.
     Status(status::StatusArgs),
+    /// One line per pod: container, netns, addresses, veth, attachment, identity, counters.
+    Pods(pods::PodsArgs),
     /// Print the plugin version, the BPF program identity and CNI versions.
     Version,
+    /// Validates a conflist and picks its CNI version (scripts/install.sh).
+    #[command(hide = true)]
+    Conflist(conflist::ConflistArgs),
+    /// Ends flow tracing when the monitor that started it is gone.
+    #[command(hide = true)]
+    MonitorGuard(monitor::GuardArgs),
     /// Nanoseconds per packet of the classifier (BPF_PROG_TEST_RUN).
     #[command(hide = true)]
     BenchDatapath(bench::BenchArgs),
@@ -100,8 +111,11 @@ pub fn main() -> i32 {
         Command::Maps { command } => maps::run(command),
         Command::Policy { command } => policy::run(command),
         Command::Monitor(args) => monitor::run(&args),
+        Command::MonitorGuard(args) => monitor::guard(&args),
+        Command::Conflist(args) => conflist::run(&args),
         Command::Status(args) => status::run(&args),
         Command::Node { command } => node::run(command),
+        Command::Pods(args) => pods::run(&args),
         Command::BenchDatapath(args) => bench::run(&args),
         Command::Version => {
             println!(

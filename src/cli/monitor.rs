@@ -1,7 +1,14 @@
 //! `ebpfcni monitor`: the datapath's ring buffer as readable lines (or
 //! JSON objects): time, source, destination, protocol and ports, verdict,
-//! reason, pod. Drops always; every flow with --flows.
+//! reason, pod. Drops always; every flow with --flows. One monitor per
+//! network at a time (the ring buffer has a single reader); it prints only
+//! events newer than itself and exactly `--count` of them. With --flows, a
+//! guard process (`ebpfcni monitor-guard`, reading a pipe the monitor
+//! holds) turns tracing off when the monitor dies, however it dies.
 
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -13,6 +20,14 @@ use nix::time::{clock_gettime, ClockId};
 
 use super::{ifname, Target};
 use crate::datapath::event::{decode, Event};
+use crate::datapath::{claim_events, release_dead_reader, Maps};
+
+#[derive(Args)]
+pub struct GuardArgs {
+    /// The network's pin directory.
+    #[arg(long)]
+    dir: PathBuf,
+}
 
 #[derive(Args)]
 pub struct MonitorArgs {
@@ -46,14 +61,14 @@ fn wall_clock(ts_ns: u64) -> SystemTime {
 }
 
 /// "10.244.1.2 (veth…)": the pod an event happened at.
-fn pod_name(pods: &std::collections::HashMap<u32, std::net::IpAddr>, ifindex: u32) -> String {
+pub(super) fn pod_name(pods: &std::collections::HashMap<u32, std::net::IpAddr>, ifindex: u32) -> String {
     match pods.get(&ifindex) {
         Some(ip) => format!("{ip}({})", ifname(ifindex)),
         None => ifname(ifindex),
     }
 }
 
-fn line(e: &Event, pod: &str) -> String {
+pub(super) fn line(e: &Event, pod: &str) -> String {
     let t = wall_clock(e.ts_ns).duration_since(UNIX_EPOCH).unwrap_or_default();
     let ports = |ip: &std::net::IpAddr, port: u16| match ip {
         std::net::IpAddr::V6(_) => format!("[{ip}]:{port}"),
@@ -73,19 +88,71 @@ fn line(e: &Event, pod: &str) -> String {
     )
 }
 
+fn now_ns() -> u64 {
+    clock_gettime(ClockId::CLOCK_MONOTONIC).map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64).unwrap_or(0)
+}
+
+/// Starts the guard that ends flow tracing once this process is gone: it
+/// waits for EOF on a pipe only this process holds, in a session of its
+/// own so the terminal's signals do not reach it.
+fn spawn_guard(dir: &Path) -> Result<Child> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe().context("find this binary for the monitor guard")?;
+    Command::new(exe)
+        .args(["monitor-guard", "--dir"])
+        .arg(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .context("start the monitor guard")
+}
+
+/// `ebpfcni monitor-guard`: blocks until its stdin closes (the monitor
+/// died or ended), then turns flow tracing off unless another monitor
+/// holds the events by then.
+pub fn guard(args: &GuardArgs) -> Result<()> {
+    for sig in [Signal::SIGINT, Signal::SIGHUP, Signal::SIGTERM, Signal::SIGPIPE] {
+        // SAFETY: ignoring a signal installs no handler code.
+        let _ = unsafe { nix::sys::signal::signal(sig, SigHandler::SigIgn) };
+    }
+    let mut sink = [0u8; 64];
+    while std::io::stdin().read(&mut sink).is_ok_and(|n| n > 0) {}
+    let maps = Maps::open(&args.dir)?;
+    release_dead_reader(&args.dir, &maps)?;
+    Ok(())
+}
+
 pub fn run(args: &MonitorArgs) -> Result<()> {
+    // Anything queued before this instant is older than the monitor.
+    let since = now_ns();
     let (dir, maps) = args.target.open()?;
     let action = SigAction::new(SigHandler::Handler(on_signal), SaFlags::empty(), SigSet::empty());
-    for sig in [Signal::SIGINT, Signal::SIGTERM] {
+    for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
         // SAFETY: the handler only stores to an atomic.
         unsafe { sigaction(sig, &action) }.context("install signal handler")?;
     }
+    let guard = if args.flows { Some(spawn_guard(&dir)?) } else { None };
+    let reader = claim_events(&dir, &maps, args.flows)?;
+    let result = read_events(args, &maps, since);
     if args.flows {
-        let _lock = crate::datapath::lock_dir(&dir)?;
-        crate::policy::set_trace_flows(&maps, true)?;
+        reader.stop_tracing(&dir, &maps)?;
     }
+    drop(reader);
+    if let Some(mut g) = guard {
+        drop(g.stdin.take());
+        let _ = g.wait();
+    }
+    result
+}
+
+/// Prints events newer than the monitor until --count, --duration or a
+/// signal ends it.
+fn read_events(args: &MonitorArgs, maps: &Maps, since: u64) -> Result<()> {
     let seen = std::cell::Cell::new(0u64);
     let json = args.json;
+    let count = args.count;
     // Pods come and go while the monitor runs: look them up again when an
     // event names an interface not seen before.
     let pods = std::cell::RefCell::new(std::collections::HashMap::new());
@@ -95,7 +162,13 @@ pub fn run(args: &MonitorArgs) -> Result<()> {
     let mut builder = RingBufferBuilder::new();
     builder
         .add(&maps.events, |raw: &[u8]| {
+            if count.is_some_and(|c| seen.get() >= c) {
+                return -1; // stop consuming: the rest stays queued
+            }
             let e = decode(raw);
+            if e.ts_ns < since {
+                return 0;
+            }
             if !pods.borrow().contains_key(&e.ifindex) {
                 *pods.borrow_mut() = refresh();
             }
@@ -113,24 +186,18 @@ pub fn run(args: &MonitorArgs) -> Result<()> {
         .context("open events ring buffer")?;
     let ring = builder.build().context("open events ring buffer")?;
     let started = Instant::now();
-    let result = loop {
-        if STOP.load(Ordering::SeqCst)
-            || args.count.is_some_and(|c| seen.get() >= c)
-            || args.duration.is_some_and(|d| started.elapsed().as_secs_f64() >= d)
+    loop {
+        let done = || count.is_some_and(|c| seen.get() >= c);
+        if STOP.load(Ordering::SeqCst) || done() || args.duration.is_some_and(|d| started.elapsed().as_secs_f64() >= d)
         {
-            break Ok(());
+            return Ok(());
         }
         if let Err(e) = ring.poll(Duration::from_millis(100)) {
-            if !STOP.load(Ordering::SeqCst) {
-                break Err(e).context("poll events");
+            if !STOP.load(Ordering::SeqCst) && !done() {
+                return Err(e).context("poll events");
             }
         }
         use std::io::Write;
         let _ = std::io::stdout().flush();
-    };
-    if args.flows {
-        let _lock = crate::datapath::lock_dir(&dir)?;
-        crate::policy::set_trace_flows(&maps, false)?;
     }
-    result
 }

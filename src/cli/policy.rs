@@ -7,7 +7,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Subcommand};
 
 use super::Target;
-use crate::datapath::{lock_dir, proto_number};
+use crate::datapath::{lock_dir, proto_number, RuleBook};
 use crate::policy::{self, Rule};
 
 #[derive(Subcommand)]
@@ -22,7 +22,7 @@ pub enum PolicyCommand {
         #[command(flatten)]
         target: Target,
     },
-    /// List the active rules.
+    /// List the active rules, one row each, as written (synced ones named by their policy).
     List {
         #[command(flatten)]
         target: Target,
@@ -74,29 +74,27 @@ pub fn run(cmd: PolicyCommand) -> Result<()> {
             if !policy::delete_rule(&maps, rule)? {
                 bail!("no rule {rule}");
             }
+            RuleBook::open(&dir)?.remove(rule)?;
             println!("deleted rule {rule}");
             Ok(())
         }
         PolicyCommand::List { target, json } => {
-            let (_, maps) = target.open()?;
-            let views = policy::describe(&maps)?;
+            let (dir, maps) = target.open()?;
+            let book = RuleBook::open_if_pinned(&dir)?.map(|b| b.all()).transpose()?.unwrap_or_default();
+            let rows = policy::list_rules(&maps, &book)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&views)?);
+                println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
                 println!(
-                    "{:>5} {:<8} {:<30} {:<30} {:<6} {:>5} VERDICT",
-                    "RULE", "DIR", "SUBJECT", "PEER", "PROTO", "PORT"
+                    "{:>5} {:<24} {:<7} {:<30} {:<30} {:<6} {:>5} {:>7}",
+                    "RULE", "POLICY", "VERDICT", "SOURCE", "DESTINATION", "PROTO", "PORT", "ENTRIES"
                 );
-                for v in views {
+                for r in rows {
+                    let port = if r.port == 0 { "any".to_string() } else { r.port.to_string() };
+                    let name = if r.name.is_empty() { "-" } else { &r.name };
                     println!(
-                        "{:>5} {:<8} {:<30} {:<30} {:<6} {:>5} {}",
-                        v.rule,
-                        format!("{:?}", v.direction).to_lowercase(),
-                        v.subject,
-                        v.peer,
-                        v.proto,
-                        v.port,
-                        v.verdict
+                        "{:>5} {:<24} {:<7} {:<30} {:<30} {:<6} {:>5} {:>7}",
+                        r.rule, name, r.verdict, r.src, r.dst, r.proto, port, r.entries
                     );
                 }
             }
@@ -114,6 +112,11 @@ pub fn run(cmd: PolicyCommand) -> Result<()> {
             let _lock = lock_dir(&dir)?;
             let new = policy::k8s::compile(&input, &policy::current(&maps)?)?;
             policy::apply(&maps, &new)?;
+            let book = RuleBook::open(&dir)?;
+            book.clear()?;
+            for (rule, name) in &new.names {
+                book.put(*rule, &serde_json::json!({ "name": name, "src": "-", "dst": "-" }).to_string())?;
+            }
             println!(
                 "synced: {} identities, {} isolated, {} entries",
                 new.ipcache.len(),
@@ -130,6 +133,7 @@ fn add(args: &RuleArgs, deny: bool) -> Result<()> {
     let (dir, maps) = args.target.open()?;
     let _lock = lock_dir(&dir)?;
     let id = policy::add_rule(&maps, &rule)?;
+    RuleBook::open(&dir)?.put(id, &policy::rule_text(&rule))?;
     let port = if rule.port == 0 { String::new() } else { format!(" port {}", rule.port) };
     println!(
         "rule {id}: {} {} -> {} {}{port}",

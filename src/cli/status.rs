@@ -1,5 +1,7 @@
-//! `ebpfcni status`: is the node ready, and what does each network's
-//! datapath hold — program, attachments, endpoints, policy.
+//! `ebpfcni status`: is the node ready (exit 1 when not: a readiness
+//! probe), and what does each network's datapath hold — programs, pods
+//! and what the kernel reports attached to each, endpoints, policy. The
+//! table and `--json` carry the same fields.
 
 use std::path::{Path, PathBuf};
 
@@ -8,10 +10,13 @@ use clap::Args;
 use serde_json::{json, Value};
 
 use crate::cni::config::DEFAULT_PIN_PATH;
-use crate::datapath::{self, Maps, ENDPOINT_F_TC, ENDPOINT_F_TCX};
+use crate::datapath::{self, Hook, Maps, NetworkPrograms};
 
 #[derive(Args)]
 pub struct StatusArgs {
+    /// Only this network (the config's "name").
+    #[arg(long)]
+    network: Option<String>,
     /// The config's "bpfPinPath".
     #[arg(long, default_value = DEFAULT_PIN_PATH)]
     pin_path: PathBuf,
@@ -29,15 +34,22 @@ fn network_status(dir: &Path, name: &str) -> Result<Value> {
     });
     let Some(maps) = Maps::open_if_pinned(dir)? else { return Ok(v) };
     let endpoints = maps.endpoints()?;
-    let count = |flag| endpoints.iter().filter(|e| e.flags & flag != 0).count();
+    // Per pod (host veth), as the kernel reports its two hooks.
+    let programs = NetworkPrograms::open(dir);
+    let states: Vec<_> = maps.pods()?.iter().map(|p| programs.attachment(p.ifindex)).collect();
+    let count = |hook: Hook| states.iter().filter(|a| a.ingress == hook && a.egress == hook).count();
     let settings = maps.settings()?;
     let active = settings.active_set as u8;
     let rules: std::collections::BTreeSet<u32> =
         maps.policy()?.iter().filter(|e| e.set == active).map(|e| e.rule).collect();
     v["endpoints"] = json!(endpoints.len());
-    v["pods"] = json!(maps.pods()?.len());
-    v["attached_tcx"] = json!(count(ENDPOINT_F_TCX));
-    v["attached_tc"] = json!(count(ENDPOINT_F_TC));
+    v["pods"] = json!(states.len());
+    v["attached"] = json!({
+        "tcx": count(Hook::Tcx),
+        "tc": count(Hook::Tc),
+        "detached": count(Hook::None),
+        "partial": states.iter().filter(|a| a.ingress != a.egress).count(),
+    });
     v["policy"] = json!({
         "default_action": if settings.default_deny { "deny" } else { "allow" },
         "rules": rules.len(),
@@ -52,18 +64,26 @@ pub fn run(args: &StatusArgs) -> Result<()> {
     let mut networks = Vec::new();
     for entry in std::fs::read_dir(&args.pin_path).into_iter().flatten().flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
+        if args.network.as_ref().is_some_and(|n| *n != name) {
+            continue;
+        }
         if entry.path().join("endpoints").exists() {
             networks.push(network_status(&entry.path(), &name)?);
         }
     }
     networks.sort_by_key(|n| n["network"].as_str().unwrap_or_default().to_string());
+    if let Some(n) = args.network.as_ref().filter(|_| networks.is_empty()) {
+        bail!("network {n} has no maps pinned under {}", args.pin_path.display());
+    }
     let features = datapath::probe_features();
     let bpffs = datapath::bpffs_available(&args.pin_path);
-    let ready = bpffs && datapath::missing_required(&features).is_empty();
+    let reasons = not_ready_reasons(bpffs, &features, &args.pin_path);
+    let ready = reasons.is_empty();
     let node = json!({
         "version": env!("CARGO_PKG_VERSION"),
         "bpf_program": datapath::BPF_ID,
         "ready": ready,
+        "not_ready_reasons": reasons,
         "kernel": {
             "release": nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default(),
             "features": features,
@@ -78,7 +98,7 @@ pub fn run(args: &StatusArgs) -> Result<()> {
         print_table(&node, &features, &args.pin_path);
     }
     if !ready {
-        bail!("node not ready: {}", not_ready_reasons(bpffs, &features, &args.pin_path).join("; "));
+        bail!("node not ready: {}", reasons.join("; "));
     }
     Ok(())
 }
@@ -97,6 +117,9 @@ fn print_table(node: &Value, features: &[datapath::Feature], pin_path: &Path) {
     let networks = node["networks"].as_array().cloned().unwrap_or_default();
     println!("ebpfcni {} (bpf program {})", node["version"].as_str().unwrap_or(""), datapath::BPF_ID);
     println!("node ready: {}", yes(&node["ready"]));
+    for why in node["not_ready_reasons"].as_array().into_iter().flatten() {
+        println!("  not ready: {}", why.as_str().unwrap_or(""));
+    }
     println!("kernel {}:", node["kernel"]["release"].as_str().unwrap_or("?"));
     for f in features {
         let mark = match (f.present, f.required) {
@@ -124,10 +147,15 @@ fn print_table(node: &Value, features: &[datapath::Feature], pin_path: &Path) {
                 )
             })
             .collect();
-        println!("  programs:  {}", progs.join(", "));
         println!(
-            "  pods:      {} ({} endpoints; {} attached with tcx, {} with tc)",
-            n["pods"], n["endpoints"], n["attached_tcx"], n["attached_tc"]
+            "  programs:  {}{}",
+            progs.join(", "),
+            if n["program_is_this_binary"] == true { "" } else { " (none from this binary)" }
+        );
+        let a = &n["attached"];
+        println!(
+            "  pods:      {} ({} endpoints; as the kernel reports: {} attached with tcx, {} with tc, {} partial, {} detached)",
+            n["pods"], n["endpoints"], a["tcx"], a["tc"], a["partial"], a["detached"]
         );
         let p = &n["policy"];
         println!(

@@ -7,7 +7,7 @@ use anyhow::{anyhow, bail, Context, Result};
 
 use super::config::NetConf;
 use super::env::CniEnv;
-use super::error::{CniError, INVALID_ENV};
+use super::error::{CniError, INVALID_CONFIG, INVALID_ENV};
 use super::host_veth_name;
 use super::result::{ip_config, mac_string, AddResult, Interface, RouteJson};
 use super::undo::Undo;
@@ -51,6 +51,9 @@ fn add_in_scope<'s, 'e>(
     if let Some(h) = &host_link {
         let pod_side = pod.link_by_name(&env.ifname)?;
         if pod_side.is_none_or(|p| p.peer != Some(h.index)) {
+            // Its entries name an ifindex that is about to disappear.
+            dp.maps.remove_pod(h.index)?;
+            datapath::detach(&dp.dir, host_if)?;
             host.delete_link(host_if)?;
             host_link = None;
         }
@@ -58,6 +61,16 @@ fn add_in_scope<'s, 'e>(
     let host_link = match host_link {
         Some(link) => link,
         None => {
+            if pod.link_by_name(&env.ifname)?.is_some() {
+                bail!(CniError::error(
+                    INVALID_ENV,
+                    format!(
+                        "CNI_IFNAME: interface {} already exists in {} and is not this network's: choose another name",
+                        env.ifname,
+                        ns.path().display()
+                    )
+                ));
+            }
             let mac = env.requested_mac.or(conf.requested_mac);
             host.create_veth(host_if, &env.ifname, ns.raw_fd(), conf.mtu, mac, super::veth_group(&conf.name))?;
             undo.push(format!("delete veth {host_if}"), || host.delete_link(host_if).map(drop));
@@ -77,6 +90,7 @@ fn add_in_scope<'s, 'e>(
     let allocs = {
         let mut store = DiskStore::open(&conf.data_dir, &conf.name)?;
         let requested: Vec<IpAddr> = conf.requested_ips.iter().chain(&env.requested_ips).copied().collect();
+        one_request_per_set(conf, &requested)?;
         ipam::allocate(&mut store, &conf.rangesets, &env.container_id, &env.ifname, &requested)?
     };
     undo.push("release addresses", || {
@@ -98,7 +112,7 @@ fn add_in_scope<'s, 'e>(
     let pod_link = pod
         .link_by_name(&env.ifname)?
         .ok_or_else(|| anyhow!("{} vanished from {}", env.ifname, netns_path.display()))?;
-    configure_pod(&pod, &pod_link, conf, &allocs)
+    let routes = configure_pod(&pod, &pod_link, conf, &allocs)
         .with_context(|| format!("configure {} in {}", env.ifname, netns_path.display()))?;
 
     let pending = attaching.borrow_mut().take().expect("attach started above");
@@ -133,7 +147,29 @@ fn add_in_scope<'s, 'e>(
     host.set_up(host_link.index)?;
     undo.commit();
 
-    Ok(build_result(conf, &bridge, &host_link, &pod_link, netns_path.display().to_string(), &allocs))
+    Ok(build_result(conf, &bridge, &host_link, &pod_link, netns_path.display().to_string(), &allocs, routes))
+}
+
+/// A pod gets one address per range set (per family): asking for two of
+/// one family cannot be honoured, and is refused rather than cut short.
+fn one_request_per_set(conf: &NetConf, requested: &[IpAddr]) -> Result<()> {
+    for set in &conf.rangesets {
+        let mut inside: Vec<IpAddr> =
+            requested.iter().copied().filter(|ip| set.iter().any(|r| r.contains(*ip))).collect();
+        inside.sort();
+        inside.dedup();
+        if inside.len() > 1 {
+            let list: Vec<String> = inside.iter().map(ToString::to_string).collect();
+            bail!(CniError::error(
+                INVALID_CONFIG,
+                format!(
+                    "requested IPs {} are in one range set: ebpfcni gives a pod one address per family",
+                    list.join(", ")
+                )
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The bridge with every range's gateway address, up. It is shared by all
@@ -155,13 +191,42 @@ fn ensure_bridge(host: &Netlink, conf: &NetConf, allocs: &[Allocation]) -> Resul
             bridge.kind.as_deref().unwrap_or("device of unknown kind")
         );
     }
+    let have = host.addresses(bridge.index)?;
     for a in allocs {
-        host.add_address(bridge.index, Cidr { addr: a.gateway, prefix: a.address.prefix })?;
+        let gateway = Cidr { addr: a.gateway, prefix: a.address.prefix };
+        check_one_gateway(&conf.bridge, &have, &gateway, conf)?;
+        host.add_address(bridge.index, gateway)?;
     }
     if !bridge.up {
         host.set_up(bridge.index)?;
     }
     Ok(bridge)
+}
+
+/// The bridge carries one gateway per family, as the reference bridge
+/// plugin insists: an address of the same family that is not a gateway of
+/// this config (a changed config, another network on the same bridge) is
+/// refused instead of piling up a second gateway.
+fn check_one_gateway(bridge: &str, have: &[Cidr], gateway: &Cidr, conf: &NetConf) -> Result<()> {
+    let ours = |c: &Cidr| conf.rangesets.iter().flatten().any(|r| r.gateway == c.addr);
+    for a in have {
+        let link_local = matches!(a.addr, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80);
+        let clash = a.is_ipv4() == gateway.is_ipv4()
+            && !link_local
+            && a.addr != gateway.addr
+            && (a.is_ipv4() || a.contains(gateway.addr) || gateway.contains(a.addr));
+        if clash && !ours(a) {
+            bail!(CniError::error(
+                INVALID_CONFIG,
+                format!(
+                    "bridge {bridge} already has address {a}, not the gateway {}: a bridge serves one network \
+                     (delete the bridge, or give this network its own \"bridge\")",
+                    gateway.addr
+                )
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A locally administered unicast MAC derived from the bridge's name:
@@ -181,26 +246,41 @@ fn gateway_for(allocs: &[Allocation], dst: &Cidr) -> Option<IpAddr> {
 }
 
 /// Inside the pod: addresses, link up, a default route per family via its
-/// gateway, then the configured routes.
-fn configure_pod(pod: &Netlink, link: &Link, conf: &NetConf, allocs: &[Allocation]) -> Result<()> {
+/// gateway (unless another interface of the pod already has that family's
+/// default route: a second attachment), then the configured routes.
+/// Returns exactly the routes installed: the result lists those and no
+/// others, and a route that cannot be installed fails the ADD.
+fn configure_pod(pod: &Netlink, link: &Link, conf: &NetConf, allocs: &[Allocation]) -> Result<Vec<RouteJson>> {
     for a in allocs {
         pod.add_address(link.index, a.address)?;
     }
     pod.set_up(link.index)?;
+    let existing = pod.all_routes()?;
+    let mut installed = Vec::new();
     for a in allocs {
-        pod.add_route(default_route(a.gateway), Some(a.gateway), link.index)?;
+        let dst = default_route(a.gateway);
+        let elsewhere = existing.iter().any(|(d, _, oif)| *d == dst && *oif != link.index);
+        if elsewhere {
+            continue;
+        }
+        pod.add_route(dst, Some(a.gateway), link.index)?;
+        installed.push(RouteJson { dst: dst.to_string(), gw: Some(a.gateway) });
     }
     for r in &conf.routes {
         if r.dst.prefix == 0 && r.gw.is_none() {
-            continue; // the default route is already there
+            continue; // the default route is handled above
         }
-        let gw = r.gw.or_else(|| gateway_for(allocs, &r.dst));
-        if gw.is_none() {
-            continue; // no address of that family: nothing to route through
-        }
-        pod.add_route(r.dst, gw, link.index)?;
+        let gw = match r.gw {
+            Some(gw) => gw,
+            None => match gateway_for(allocs, &r.dst) {
+                Some(gw) => gw,
+                None => continue, // no address of that family: nothing to route through
+            },
+        };
+        pod.add_route(r.dst, Some(gw), link.index)?;
+        installed.push(RouteJson { dst: r.dst.to_string(), gw: Some(gw) });
     }
-    Ok(())
+    Ok(installed)
 }
 
 fn build_result(
@@ -210,6 +290,7 @@ fn build_result(
     pod: &Link,
     sandbox: String,
     allocs: &[Allocation],
+    routes: Vec<RouteJson>,
 ) -> AddResult {
     let iface = |l: &Link, sandbox: String| Interface {
         name: l.name.clone(),
@@ -217,16 +298,6 @@ fn build_result(
         mtu: conf.mtu,
         sandbox,
     };
-    let mut routes: Vec<RouteJson> =
-        allocs.iter().map(|a| RouteJson { dst: default_route(a.gateway).to_string(), gw: Some(a.gateway) }).collect();
-    for r in &conf.routes {
-        if r.dst.prefix == 0 && r.gw.is_none() {
-            continue;
-        }
-        if let Some(gw) = r.gw.or_else(|| gateway_for(allocs, &r.dst)) {
-            routes.push(RouteJson { dst: r.dst.to_string(), gw: Some(gw) });
-        }
-    }
     AddResult {
         interfaces: vec![iface(bridge, String::new()), iface(host, String::new()), iface(pod, sandbox)],
         ips: allocs.iter().map(|a| ip_config(a.address, a.gateway, 2)).collect(),

@@ -56,8 +56,7 @@ struct RawConf {
     attachments: Option<Vec<Attachment>>,
     #[serde(rename = "capabilities")]
     _capabilities: Option<Value>,
-    #[serde(rename = "dns")]
-    _dns: Option<Value>,
+    dns: Option<RawDns>,
     #[serde(rename = "cniVersions")]
     _cni_versions: Option<Value>,
     #[serde(rename = "disableCheck")]
@@ -73,6 +72,20 @@ struct RawConf {
 enum StringOrList {
     One(String),
     Many(Vec<String>),
+}
+
+/// The spec's DNS object, passed through to the result.
+#[derive(Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawDns {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nameservers: Option<Vec<IpAddr>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    domain: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    search: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    options: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -174,6 +187,8 @@ pub struct NetConf {
     /// `policy.defaultAction: deny`: only what a rule allows passes.
     pub default_deny: bool,
     pub prev_result: Option<Value>,
+    /// The `dns` object, as the result carries it.
+    pub dns: Option<Value>,
     /// Addresses the runtime asks for (`args.cni.ips`, `runtimeConfig.ips`).
     pub requested_ips: Vec<IpAddr>,
     /// `runtimeConfig.mac`.
@@ -271,6 +286,7 @@ impl NetConf {
             }
             routes.push(Route { dst: dst.as_network(), gw });
         }
+        validate_route_gateways(&routes, &rangesets)?;
 
         let default_deny = match raw.policy.and_then(|p| p.default_action).as_deref() {
             None | Some("allow") => false,
@@ -323,6 +339,7 @@ impl NetConf {
             log_level,
             default_deny,
             prev_result: raw.prev_result,
+            dns: raw.dns.map(|d| serde_json::to_value(d).expect("dns serializes")),
             requested_ips,
             requested_mac,
             valid_attachments: raw.valid_attachments.or(raw.attachments),
@@ -332,6 +349,22 @@ impl NetConf {
             no_masquerade,
         })
     }
+}
+
+/// A route's gateway must be on the pod's link, inside one of its subnets:
+/// anywhere else the kernel cannot install it.
+fn validate_route_gateways(routes: &[Route], rangesets: &[Vec<IpRange>]) -> Result<()> {
+    for r in routes {
+        if let Some(gw) = r.gw {
+            if !rangesets.iter().flatten().any(|range| range.subnet.contains(gw)) {
+                bail!(invalid(format!(
+                    "route {} has gateway {gw} outside the network's subnets: the pod cannot reach it",
+                    r.dst
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Network names become directory names: the spec's character set only.
@@ -382,6 +415,9 @@ fn collect_ranges(subnet: &Option<String>, gateway: &Option<String>, ipam: &RawI
         bail!(invalid("no subnet: set \"subnet\" (or ipam.ranges)"));
     };
 
+    if raw_sets.is_empty() {
+        bail!(invalid("ipam.ranges is empty: give at least one range set"));
+    }
     let mut sets: Vec<Vec<IpRange>> = Vec::new();
     for raw_set in raw_sets {
         if raw_set.is_empty() {
@@ -505,6 +541,113 @@ mod tests {
             ),
             INVALID_CONFIG
         );
+    }
+
+    #[test]
+    fn empty_ranges_and_unreachable_gateways_are_config_errors() {
+        let c = |ipam: &str| format!(r#"{{"cniVersion":"1.0.0","name":"n","type":"ebpfcni","ipam":{ipam}}}"#);
+        assert_eq!(code(&c(r#"{"ranges":[]}"#)), INVALID_CONFIG);
+        assert_eq!(code(&c(r#"{"ranges":[[]]}"#)), INVALID_CONFIG);
+        assert_eq!(
+            code(&c(r#"{"subnet":"10.1.0.0/24","routes":[{"dst":"10.9.0.0/16","gw":"192.168.7.1"}]}"#)),
+            INVALID_CONFIG
+        );
+        let dns = r#"{"cniVersion":"1.0.0","name":"n","type":"ebpfcni","subnet":"10.1.0.0/24",
+                      "dns":{"nameservers":["10.96.0.10"],"search":["a.svc"],"options":["ndots:5"],"domain":"d"}}"#;
+        let conf = NetConf::parse(dns.as_bytes()).unwrap();
+        assert_eq!(conf.dns.unwrap()["nameservers"][0], "10.96.0.10");
+        let bad_dns =
+            r#"{"cniVersion":"1.0.0","name":"n","type":"ebpfcni","subnet":"10.1.0.0/24","dns":{"nameservers":"x"}}"#;
+        assert_eq!(code(bad_dns), INVALID_CONFIG);
+    }
+
+    /// No input panics: random configs built from every key and a pool of
+    /// awkward values either parse into something ADD can use (at least one
+    /// range set, none empty) or fail with a spec error code.
+    #[test]
+    fn random_configs_never_panic() {
+        let keys = [
+            "cniVersion",
+            "name",
+            "type",
+            "bridge",
+            "subnet",
+            "gateway",
+            "ipam",
+            "dataDir",
+            "bpfPinPath",
+            "mtu",
+            "attachMode",
+            "logLevel",
+            "policy",
+            "args",
+            "runtimeConfig",
+            "dns",
+            "prevResult",
+            "capabilities",
+            "cni.dev/valid-attachments",
+        ];
+        let values = [
+            r#""1.0.0""#,
+            r#""0.3.1""#,
+            r#""1.1.0""#,
+            r#""""#,
+            "null",
+            "0",
+            "-1",
+            "70000",
+            "1e300",
+            "18446744073709551616",
+            "[]",
+            "[[]]",
+            "{}",
+            r#""10.1.0.0/24""#,
+            r#""fd00::/64""#,
+            r#""10.1.0.0/33""#,
+            r#""10.1.0.1""#,
+            r#""::""#,
+            r#""0.0.0.0/0""#,
+            r#"{"ranges":[]}"#,
+            r#"{"ranges":[[{"subnet":"10.2.0.0/30"}]]}"#,
+            r#"{"ranges":[[{"subnet":"10.2.0.0/32"}]]}"#,
+            r#"{"subnet":"10.3.0.0/24","routes":[{"dst":"0.0.0.0/0","gw":"10.3.0.9"}]}"#,
+            r#"{"ranges":[[{"subnet":"fd00::/127"}],[{"subnet":"10.4.0.0/31"}]]}"#,
+            r#"{"cni":{"ips":["10.1.0.5","10.1.0.6","zz"]}}"#,
+            r#"{"ips":["10.1.0.7/24"],"mac":"ff:ff:ff:ff:ff:ff"}"#,
+            r#"{"defaultAction":"deny"}"#,
+            r#"{"nameservers":["1.1.1.1"]}"#,
+            r#"[{"containerID":"a","ifname":"eth0"}]"#,
+            r#""\u0000""#,
+            r#""../../etc""#,
+            "true",
+        ];
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as usize
+        };
+        for _ in 0..4000 {
+            let mut obj = serde_json::Map::new();
+            obj.insert("cniVersion".into(), "1.0.0".into());
+            obj.insert("name".into(), "n".into());
+            obj.insert("type".into(), "ebpfcni".into());
+            for _ in 0..next(6) {
+                let v: Value = serde_json::from_str(values[next(values.len())]).unwrap();
+                obj.insert(keys[next(keys.len())].into(), v);
+            }
+            let text = Value::Object(obj).to_string();
+            match NetConf::parse(text.as_bytes()) {
+                Ok(c) => {
+                    assert!(!c.rangesets.is_empty() && c.rangesets.iter().all(|s| !s.is_empty()), "{text}");
+                }
+                Err(e) => {
+                    let code = to_json(&e, "1.0.0").code;
+                    assert!([INCOMPATIBLE_VERSION, DECODE_FAILURE, INVALID_CONFIG].contains(&code), "{code}: {text}");
+                }
+            }
+        }
     }
 
     #[test]

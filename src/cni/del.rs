@@ -52,6 +52,7 @@ pub fn del(conf: &NetConf, env: &CniEnv) -> Result<Vec<IpAddr>> {
             maps.remove_endpoint(*ip)?;
             maps.remove_stats(*ip)?;
         }
+        maps.remove_conntrack_of(&stale)?;
         let _lock = datapath::lock_dir(&dir)?;
         policy::unregister_pod(&maps, &stale)?;
     }

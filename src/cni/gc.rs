@@ -56,8 +56,9 @@ pub fn gc(conf: &NetConf) -> Result<Vec<IpAddr>> {
     // Attachments and veths whose lease is already gone, or never came (an
     // ADD or DEL that died): found by their pins and by the device group every
     // host veth of this network is in from its creation.
-    let group = super::veth_group(&conf.name);
-    let tagged = host.links()?.into_iter().filter(|l| l.group == group && l.name.starts_with("veth")).map(|l| l.name);
+    let groups = [super::veth_group(&conf.name), super::legacy_veth_group(&conf.name)];
+    let tagged =
+        host.links()?.into_iter().filter(|l| groups.contains(&l.group) && l.name.starts_with("veth")).map(|l| l.name);
     let orphans: HashSet<String> = pinned_links(&dir).into_iter().chain(tagged).collect();
     for veth in orphans {
         if !valid_veths.contains(&veth) {
@@ -66,23 +67,35 @@ pub fn gc(conf: &NetConf) -> Result<Vec<IpAddr>> {
         }
     }
     if let Some(maps) = maps {
+        // Every address the maps know that no kept lease holds: released
+        // now, or left by an ADD or DEL that died.
+        let mut gone: Vec<IpAddr> = released.clone();
         for ep in maps.endpoints()? {
             if !kept.contains(&ep.ip) {
                 maps.remove_endpoint(ep.ip)?;
+                gone.push(ep.ip);
             }
         }
         for pod in maps.pods()? {
             if !kept.contains(&pod.addr) {
                 maps.remove_pod(pod.ifindex)?;
+                gone.push(pod.addr);
             }
         }
-        let _lock = datapath::lock_dir(&dir)?;
-        policy::unregister_pod(&maps, &released)?;
         for st in maps.stats()? {
             if !kept.contains(&st.ip) {
                 maps.remove_stats(st.ip)?;
+                gone.push(st.ip);
             }
         }
+        let _lock = datapath::lock_dir(&dir)?;
+        gone.extend(policy::pod_addresses(&maps)?.into_iter().filter(|ip| !kept.contains(ip)));
+        gone.sort();
+        gone.dedup();
+        policy::unregister_pod(&maps, &gone)?;
+        // Connections of no kept pod (released ones, and a pod's unspecified
+        // source neighbour discovery) are nobody's.
+        maps.retain_conntrack(|src, dst| kept.contains(&src) || kept.contains(&dst))?;
     }
     Ok(released)
 }

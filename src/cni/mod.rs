@@ -38,9 +38,21 @@ pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
 
 /// The device group every host veth of `network` is in from its creation:
 /// how GC finds veths of ADDs that died before recording anything else.
-/// 0xeb prefix plus a hash of the network name; never 0 (the default).
+/// 0x6b prefix plus a hash of the network name: never 0 (the default),
+/// and below 2^31, so `ip link` prints it as the positive number that
+/// `ip link show group N` selects.
 pub fn veth_group(network: &str) -> u32 {
-    0xeb00_0000 | (crate::fnv::fnv1a64(network.as_bytes()) as u32 & 0x00ff_ffff)
+    0x6b00_0000 | network_hash24(network)
+}
+
+/// The group earlier builds used (0xeb prefix, printed negative by `ip`):
+/// GC still recognises veths created by them.
+pub fn legacy_veth_group(network: &str) -> u32 {
+    0xeb00_0000 | network_hash24(network)
+}
+
+fn network_hash24(network: &str) -> u32 {
+    crate::fnv::fnv1a64(network.as_bytes()) as u32 & 0x00ff_ffff
 }
 
 /// Runs one CNI command and returns the process exit code.
@@ -55,7 +67,7 @@ pub fn main(command: &str) -> i32 {
         Ok(_) if stdin.len() as u64 > MAX_STDIN => {
             Err(CniError::error(DECODE_FAILURE, format!("network config is larger than {MAX_STDIN} bytes")))
         }
-        Ok(_) => run(command, &stdin),
+        Ok(_) => allowed(command, &stdin).and_then(|()| run(command, &stdin)),
     };
     let mut out = std::io::stdout().lock();
     match outcome {
@@ -73,6 +85,20 @@ pub fn main(command: &str) -> i32 {
     }
 }
 
+/// A config of a version older than the command refuses it (code 1), as
+/// the spec and the reference plugins do ("config version does not allow
+/// CHECK").
+fn allowed(command: &str, stdin: &[u8]) -> Result<()> {
+    let (Some(min), Some(v)) = (version::introduced(command), config::peek_version(stdin)) else { return Ok(()) };
+    if version::is_supported(&v) && !version::at_least(&v, min) {
+        return Err(CniError::error(
+            error::INCOMPATIBLE_VERSION,
+            format!("config version {v} does not allow {command} (it needs cniVersion {min} or later)"),
+        ));
+    }
+    Ok(())
+}
+
 fn run(command: &str, stdin: &[u8]) -> Result<Option<Value>> {
     match command {
         "VERSION" => Ok(Some(json!({
@@ -87,7 +113,7 @@ fn run(command: &str, stdin: &[u8]) -> Result<Option<Value>> {
                 "ADD" => match add::add(&conf, &env) {
                     Ok(r) => {
                         let ips = r.ips.iter().map(|i| i.address.clone()).collect();
-                        (Ok(Some(r.render(&conf.cni_version))), ips)
+                        (Ok(Some(r.render(&conf.cni_version, conf.dns.as_ref()))), ips)
                     }
                     Err(e) => (Err(e), Vec::new()),
                 },
@@ -186,6 +212,15 @@ mod tests {
         assert_ne!(a, host_veth_name("0123456789abcdef", "eth1"));
         assert_eq!(a.len(), 15);
         assert!(a.starts_with("veth"));
+    }
+
+    #[test]
+    fn veth_groups_are_positive_as_ip_prints_them() {
+        for net in ["ebpfcni", "pods", "a-very-long-network-name.with.dots"] {
+            let g = veth_group(net);
+            assert!(g != 0 && g < 1 << 31, "{net}: {g:#x}");
+            assert_ne!(g, legacy_veth_group(net));
+        }
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! The ADD result, rendered in the configuration's `cniVersion`: 1.x
-//! results as they are, 0.3.x/0.4.0 with `ips[].version`.
+//! The ADD result, rendered in the configuration's `cniVersion` with
+//! exactly that version's fields: `ips[].version` only before 1.0.0,
+//! `interfaces[].mtu` only from 1.1.0, and the config's `dns` as given.
 
 use std::net::IpAddr;
 
@@ -71,9 +72,15 @@ pub fn ip_config(address: Cidr, gateway: IpAddr, interface: usize) -> IpConfig {
 }
 
 impl AddResult {
-    /// The JSON a runtime expects for `cni_version`.
-    pub fn render(&self, cni_version: &str) -> Value {
+    /// The JSON a runtime expects for `cni_version`; `dns` is the
+    /// config's, passed through as the reference bridge does.
+    pub fn render(&self, cni_version: &str, dns: Option<&Value>) -> Value {
         let mut v = serde_json::to_value(self).expect("result serializes");
+        if !version::at_least(cni_version, "1.1.0") {
+            for iface in v["interfaces"].as_array_mut().into_iter().flatten() {
+                iface.as_object_mut().map(|o| o.remove("mtu"));
+            }
+        }
         if version::is_legacy(cni_version) {
             for ip in v["ips"].as_array_mut().into_iter().flatten() {
                 let family = if ip["address"].as_str().is_some_and(|a| a.contains(':')) { "6" } else { "4" };
@@ -81,7 +88,7 @@ impl AddResult {
             }
         }
         v["cniVersion"] = json!(cni_version);
-        v["dns"] = json!({});
+        v["dns"] = dns.cloned().unwrap_or_else(|| json!({}));
         v
     }
 }
@@ -95,7 +102,7 @@ mod tests {
             interfaces: vec![Interface {
                 name: "eth0".into(),
                 mac: "02:00:00:00:00:01".into(),
-                mtu: None,
+                mtu: Some(1400),
                 sandbox: "/run/netns/p".into(),
             }],
             ips: vec![
@@ -108,8 +115,10 @@ mod tests {
 
     #[test]
     fn v1_has_no_ip_version() {
-        let v = sample().render("1.1.0");
+        let v = sample().render("1.1.0", None);
         assert_eq!(v["cniVersion"], "1.1.0");
+        assert_eq!(v["interfaces"][0]["mtu"], 1400);
+        assert_eq!(v["dns"], json!({}));
         assert!(v["ips"][0].get("version").is_none());
         assert_eq!(v["ips"][0]["address"], "10.0.0.2/24");
         assert_eq!(v["interfaces"][0]["sandbox"], "/run/netns/p");
@@ -117,7 +126,11 @@ mod tests {
 
     #[test]
     fn legacy_versions_carry_ip_version() {
-        let v = sample().render("0.3.1");
+        let dns = json!({"nameservers": ["10.96.0.10"], "search": ["svc.cluster.local"]});
+        let v = sample().render("0.3.1", Some(&dns));
+        assert!(v["interfaces"][0].get("mtu").is_none(), "mtu is a 1.1 field");
+        assert!(sample().render("1.0.0", None)["interfaces"][0].get("mtu").is_none());
+        assert_eq!(v["dns"], dns);
         assert_eq!(v["ips"][0]["version"], "4");
         assert_eq!(v["ips"][1]["version"], "6");
     }

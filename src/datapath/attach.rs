@@ -196,7 +196,7 @@ fn tc_hook(prog: BorrowedFd<'_>, ifindex: u32, egress: bool) -> TcHook {
 }
 
 /// The program id of our clsact filter on `ifindex`, if there is one.
-fn clsact_prog_id(prog: BorrowedFd<'_>, ifindex: u32, egress: bool) -> Option<u32> {
+pub(super) fn clsact_prog_id(prog: BorrowedFd<'_>, ifindex: u32, egress: bool) -> Option<u32> {
     tc_hook(prog, ifindex, egress).query().ok()
 }
 

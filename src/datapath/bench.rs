@@ -22,6 +22,7 @@ pub fn maps_of(skel: &DatapathSkel<'_>) -> Result<Maps> {
         identity_flags: h(&m.identity_flags)?,
         settings: h(&m.settings)?,
         conntrack: h(&m.conntrack)?,
+        hostflows: h(&m.hostflows)?,
         events: h(&m.events)?,
     })
 }

@@ -178,6 +178,7 @@ pub struct Maps {
     pub identity_flags: MapHandle,
     pub settings: MapHandle,
     pub conntrack: MapHandle,
+    pub hostflows: MapHandle,
     pub events: MapHandle,
 }
 
@@ -206,6 +207,7 @@ impl Maps {
             identity_flags: open("identity_flags")?,
             settings: open("settings")?,
             conntrack: open("conntrack")?,
+            hostflows: open("hostflows")?,
             events: open("events")?,
         })
     }
@@ -436,6 +438,51 @@ impl Maps {
             flags: s.flags,
         };
         self.settings.update(&0u32.to_ne_bytes(), as_bytes(&value), MapFlags::ANY).context("write settings")
+    }
+
+    /// Forgets every tracked connection from or to one of `ips` (a pod
+    /// that is gone); returns how many.
+    pub fn remove_conntrack_of(&self, ips: &[IpAddr]) -> Result<usize> {
+        if ips.is_empty() {
+            return Ok(0);
+        }
+        self.retain_conntrack(|src, dst| !ips.contains(&src) && !ips.contains(&dst))
+    }
+
+    /// Keeps only the tracked connections and host flows `keep(src, dst)`
+    /// accepts (both maps are keyed by flow); returns how many went.
+    pub fn retain_conntrack(&self, keep: impl Fn(IpAddr, IpAddr) -> bool) -> Result<usize> {
+        let mut n = 0;
+        for (map, what) in [(&self.conntrack, "tracked connection"), (&self.hostflows, "host flow")] {
+            for key in map.keys() {
+                let k: ct_key = from_bytes(&key);
+                if !keep(key_to_ip(&k.src), key_to_ip(&k.dst)) {
+                    delete(map, &key, what)?;
+                    n += 1;
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    /// Flows from a pod of this node that reached another through the
+    /// host (their replies go back that way), as they arrived.
+    pub fn hostflows(&self) -> Result<Vec<ConntrackEntry>> {
+        let mut out = Vec::new();
+        for key in self.hostflows.keys() {
+            let k: ct_key = from_bytes(&key);
+            out.push(ConntrackEntry {
+                src: key_to_ip(&k.src),
+                dst: key_to_ip(&k.dst),
+                sport: k.sport,
+                dport: k.dport,
+                proto: k.proto,
+                last_seen_ns: 0,
+                generation: 0,
+            });
+        }
+        out.sort_by_key(|c| (c.src, c.dst, c.sport, c.dport));
+        Ok(out)
     }
 
     pub fn conntrack(&self) -> Result<Vec<ConntrackEntry>> {

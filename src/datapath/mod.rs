@@ -7,6 +7,9 @@ pub mod bench;
 mod features;
 mod maps;
 mod pins;
+mod query;
+mod reader;
+mod rulebook;
 
 mod skel {
     #![allow(clippy::all, unused_imports, non_camel_case_types, dead_code)]
@@ -21,6 +24,9 @@ pub use maps::{
     ISOLATED_EGRESS, ISOLATED_INGRESS, SETTINGS_F_HAS_DENY, SETTINGS_F_POLICY, SETTINGS_F_TRACE_FLOWS,
 };
 pub use pins::{bpffs_available, lock_dir, network_dir, pinned_programs, probe_load, Datapath};
+pub use query::{Hook, NetworkPrograms};
+pub use reader::{claim_events, release_dead_reader};
+pub use rulebook::RuleBook;
 
 /// Identifies the BPF program this binary carries (a hash of its sources).
 pub const BPF_ID: &str = env!("EBPFCNI_BPF_ID");

@@ -12,7 +12,7 @@ use anyhow::Result;
 
 pub use cidr::Cidr;
 pub use range::IpRange;
-pub use store::{DiskStore, Lease, LeaseStore};
+pub use store::{read_leases, DiskStore, Lease, LeaseStore};
 
 /// One address given to a pod, with the range it came from.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -192,6 +192,22 @@ impl LeaseStore for DiskStore {
 }
 
 /// `containerID\r\nifname`; older host-local files hold only the ID.
+/// The leases of a network as they are on disk, read without taking the
+/// lock and without creating anything: for the operator's views.
+pub fn read_leases(data_dir: &Path, network: &str) -> Vec<Lease> {
+    let mut out: Vec<Lease> = fs::read_dir(data_dir.join(network))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let ip = e.file_name().to_str()?.parse::<IpAddr>().ok()?;
+            parse_lease(ip, &fs::read_to_string(e.path()).ok()?)
+        })
+        .collect();
+    out.sort_by_key(|l| l.ip);
+    out
+}
+
 fn parse_lease(ip: IpAddr, content: &str) -> Option<Lease> {
     let mut lines = content.lines().map(str::trim);
     let container_id = lines.next().filter(|s| !s.is_empty())?.to_string();

@@ -27,7 +27,8 @@ fn rta<P: Size + ToBytes>(ty: Rta, payload: P) -> Result<neli::rtnl::Rtattr<Rta,
 
 impl Netlink {
     /// Adds `dst` via `gateway` (or on-link when None) out of link `oif`.
-    /// A route already there is fine.
+    /// The same route already there out of `oif` is fine (a retried ADD);
+    /// one to `dst` out of another link is an error naming it.
     pub fn add_route(&self, dst: Cidr, gateway: Option<IpAddr>, oif: u32) -> Result<()> {
         let mut attrs = RtBuffer::new();
         if dst.prefix > 0 {
@@ -52,7 +53,12 @@ impl Netlink {
             .map_err(|e| anyhow!("build rtmsg: {e}"))?;
         let via = gateway.map(|g| format!(" via {g}")).unwrap_or_default();
         match self.request(Rtm::Newroute, NlmF::CREATE | NlmF::EXCL, msg) {
-            Err(e) if super::is_exists(&e) => Ok(()),
+            Err(e) if super::is_exists(&e) => {
+                if self.routes(oif)?.iter().any(|(d, g)| *d == dst.as_network() && *g == gateway) {
+                    return Ok(());
+                }
+                Err(e).with_context(|| format!("add route {dst}{via} dev {oif}: the pod already has a route to {dst}"))
+            }
             other => other.with_context(|| format!("add route {dst}{via} dev {oif}")),
         }
     }
@@ -61,6 +67,11 @@ impl Netlink {
 impl Netlink {
     /// Main-table routes out of link `oif`: (destination, gateway).
     pub fn routes(&self, oif: u32) -> Result<Vec<(Cidr, Option<IpAddr>)>> {
+        Ok(self.all_routes()?.into_iter().filter(|r| r.2 == oif).map(|(d, g, _)| (d, g)).collect())
+    }
+
+    /// Every main-table route: (destination, gateway, outgoing link).
+    pub fn all_routes(&self) -> Result<Vec<(Cidr, Option<IpAddr>, u32)>> {
         let msg = RtmsgBuilder::default()
             .rtm_family(neli::consts::rtnl::RtAddrFamily::Unspecified)
             .rtm_dst_len(0)
@@ -76,9 +87,7 @@ impl Netlink {
         let mut out = Vec::new();
         for m in all.iter().filter(|m| *m.rtm_table() == RtTable::Main) {
             let attrs = m.rtattrs().get_attr_handle();
-            if attrs.get_attr_payload_as::<u32>(Rta::Oif).ok() != Some(oif) {
-                continue;
-            }
+            let oif = attrs.get_attr_payload_as::<u32>(Rta::Oif).unwrap_or(0);
             let any = if *m.rtm_family() == neli::consts::rtnl::RtAddrFamily::Inet6 {
                 IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
             } else {
@@ -86,7 +95,7 @@ impl Netlink {
             };
             let dst = attrs.get_attribute(Rta::Dst).and_then(|a| parse_ip(a.rta_payload().as_ref())).unwrap_or(any);
             let gw = attrs.get_attribute(Rta::Gateway).and_then(|a| parse_ip(a.rta_payload().as_ref()));
-            out.push((Cidr { addr: dst, prefix: *m.rtm_dst_len() }, gw));
+            out.push((Cidr { addr: dst, prefix: *m.rtm_dst_len() }, gw, oif));
         }
         Ok(out)
     }

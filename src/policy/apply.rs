@@ -8,8 +8,8 @@ use anyhow::Result;
 
 use super::{Entry, PolicySet, PER_POD_IDENTITY_BASE};
 use crate::datapath::{
-    IpcacheEntry, Maps, Settings, IDENTITY_CIDR_MIN, IDENTITY_POD_MIN, SETTINGS_F_HAS_DENY, SETTINGS_F_POLICY,
-    SETTINGS_F_TRACE_FLOWS,
+    IpcacheEntry, Maps, PolicyEntry, Settings, IDENTITY_ANY, IDENTITY_CIDR_MIN, IDENTITY_POD_MIN, SETTINGS_F_HAS_DENY,
+    SETTINGS_F_POLICY, SETTINGS_F_TRACE_FLOWS,
 };
 use crate::ipam::Cidr;
 
@@ -120,7 +120,23 @@ pub fn register_pod(maps: &Maps, ips: &[IpAddr], ifindex: u32) -> Result<()> {
             maps.put_ipcache(&IpcacheEntry { set, prefix: host_prefix(*ip), identity })?;
         }
     }
+    // Rules whose subject is `any` hold for pods added after them too.
+    if maps.settings()?.flags & SETTINGS_F_POLICY != 0 {
+        for e in maps.policy()?.into_iter().filter(|e| e.set == set && e.subject == IDENTITY_ANY) {
+            maps.put_policy(&PolicyEntry { subject: identity, ..e })?;
+        }
+    }
     Ok(())
+}
+
+/// Every address the ipcache (either set) gives a pod identity.
+pub fn pod_addresses(maps: &Maps) -> Result<Vec<IpAddr>> {
+    Ok(maps
+        .ipcache()?
+        .into_iter()
+        .filter(|e| is_pod_identity(e.identity) && e.prefix.prefix == host_prefix(e.prefix.addr).prefix)
+        .map(|e| e.prefix.addr)
+        .collect())
 }
 
 fn is_pod_identity(id: u32) -> bool {

@@ -272,6 +272,7 @@ pub fn compile(input: &Value, keep: &PolicySet) -> Result<PolicySet> {
         let name = pol["metadata"]["name"].as_str().unwrap_or("?");
         let ns = namespace_of(pol);
         let rule_id = index as u32 + 1;
+        set.names.insert(rule_id, format!("{ns}/{name}"));
         let spec = &pol["spec"];
         let mut compile_one = || -> Result<()> {
             let selected: BTreeSet<u32> = cluster

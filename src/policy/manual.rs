@@ -2,7 +2,11 @@
 //! a destination (a pod address, a CIDR, or any), a protocol and a
 //! destination port. A rule becomes one egress entry for the source's
 //! identities and one ingress entry for the destination's, so it holds
-//! whichever side is isolated.
+//! whichever side is isolated. `any` means every address on both sides:
+//! as a peer it is the datapath's wildcard; as the subject of an entry
+//! (which the datapath looks up by exact identity) it becomes one entry
+//! per identity known now plus the world, and a marker entry that
+//! `register_pod` copies for every pod added later.
 
 use std::fmt;
 use std::str::FromStr;
@@ -87,6 +91,18 @@ fn identities_for(set: &mut PolicySet, peer: Peer) -> Vec<u32> {
     ids
 }
 
+/// The identities a rule side stands for as the subject of an entry:
+/// `any` is the marker, the world and every identity known now.
+fn subjects_for(set: &mut PolicySet, peer: Peer) -> Vec<u32> {
+    if peer != Peer::Any {
+        return identities_for(set, peer);
+    }
+    let mut ids: Vec<u32> = [IDENTITY_ANY, IDENTITY_WORLD].into_iter().chain(set.ipcache.values().copied()).collect();
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
 /// Adds the rule to the active set; returns its number.
 pub fn add_rule(maps: &Maps, rule: &Rule) -> Result<u32> {
     if rule.port != 0 && !matches!(rule.proto, 6 | 17 | 132) {
@@ -94,25 +110,93 @@ pub fn add_rule(maps: &Maps, rule: &Rule) -> Result<u32> {
     }
     let mut set = current(maps)?;
     let id = set.entries.iter().map(|e| e.rule).max().unwrap_or(0) + 1;
-    let srcs = identities_for(&mut set, rule.src);
-    let dsts = identities_for(&mut set, rule.dst);
-    for s in &srcs {
-        for d in &dsts {
-            let base = Entry {
-                dir: Direction::Egress,
-                subject: *s,
-                peer: *d,
-                proto: rule.proto,
-                port: rule.port,
-                deny: rule.deny,
-                rule: id,
-            };
-            set.entries.insert(base);
+    let (src_peers, dst_peers) = (identities_for(&mut set, rule.src), identities_for(&mut set, rule.dst));
+    let (src_subjects, dst_subjects) = (subjects_for(&mut set, rule.src), subjects_for(&mut set, rule.dst));
+    let base = Entry {
+        dir: Direction::Egress,
+        subject: 0,
+        peer: 0,
+        proto: rule.proto,
+        port: rule.port,
+        deny: rule.deny,
+        rule: id,
+    };
+    for s in &src_subjects {
+        for d in &dst_peers {
+            set.entries.insert(Entry { subject: *s, peer: *d, ..base });
+        }
+    }
+    for d in &dst_subjects {
+        for s in &src_peers {
             set.entries.insert(Entry { dir: Direction::Ingress, subject: *d, peer: *s, ..base });
         }
     }
     apply(maps, &set)?;
     Ok(id)
+}
+
+/// How `policy list` shows a hand-made rule: as the operator typed it.
+pub fn rule_text(rule: &Rule) -> String {
+    serde_json::json!({
+        "verdict": if rule.deny { "deny" } else { "allow" },
+        "src": rule.src.to_string(),
+        "dst": rule.dst.to_string(),
+        "proto": proto_name(rule.proto),
+        "port": rule.port,
+    })
+    .to_string()
+}
+
+/// One row of `policy list`: a rule as written, and how many map entries
+/// it became.
+#[derive(Clone, Debug, Serialize)]
+pub struct RuleRow {
+    pub rule: u32,
+    /// The NetworkPolicy (namespace/name) a synced rule comes from.
+    pub name: String,
+    pub verdict: String,
+    pub src: String,
+    pub dst: String,
+    pub proto: String,
+    pub port: u16,
+    pub entries: usize,
+}
+
+/// The active rules, one row each, from the rule book (`rules`) and the
+/// active set's entries.
+pub fn list_rules(maps: &Maps, book: &[(u32, String)]) -> Result<Vec<RuleRow>> {
+    let set = current(maps)?;
+    let mut numbers: Vec<u32> = set.entries.iter().map(|e| e.rule).collect();
+    numbers.sort();
+    numbers.dedup();
+    let mut rows = Vec::new();
+    for rule in numbers {
+        let entries: Vec<&Entry> = set.entries.iter().filter(|e| e.rule == rule).collect();
+        let text: serde_json::Value =
+            book.iter().find(|(r, _)| *r == rule).and_then(|(_, t)| serde_json::from_str(t).ok()).unwrap_or_default();
+        let field = |k: &str| text[k].as_str().unwrap_or("-").to_string();
+        let any_deny = entries.iter().any(|e| e.deny);
+        rows.push(RuleRow {
+            rule,
+            name: text["name"].as_str().unwrap_or("").to_string(),
+            verdict: text["verdict"].as_str().unwrap_or(if any_deny { "deny" } else { "allow" }).to_string(),
+            src: field("src"),
+            dst: field("dst"),
+            proto: text["proto"].as_str().map_or_else(
+                || {
+                    let mut p: Vec<String> = entries.iter().map(|e| proto_name(e.proto)).collect();
+                    p.sort();
+                    p.dedup();
+                    p.join(",")
+                },
+                str::to_string,
+            ),
+            port: text["port"].as_u64().unwrap_or(0) as u16,
+            entries: entries.len(),
+        });
+    }
+    rows.sort_by_key(|r| r.rule);
+    Ok(rows)
 }
 
 /// Removes every entry of rule `id`; false when there was none.
@@ -123,6 +207,9 @@ pub fn delete_rule(maps: &Maps, id: u32) -> Result<bool> {
     if set.entries.len() == before {
         return Ok(false);
     }
+    // A CIDR's identity lives as long as some rule names it.
+    let named: std::collections::BTreeSet<u32> = set.entries.iter().flat_map(|e| [e.subject, e.peer]).collect();
+    set.ipcache.retain(|_, identity| *identity < IDENTITY_CIDR_MIN || named.contains(identity));
     apply(maps, &set)?;
     Ok(true)
 }

@@ -10,8 +10,8 @@ mod manual;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-pub use apply::{apply, current, register_pod, set_default_deny, set_trace_flows, unregister_pod};
-pub use manual::{add_rule, delete_rule, describe, Rule};
+pub use apply::{apply, current, pod_addresses, register_pod, set_default_deny, set_trace_flows, unregister_pod};
+pub use manual::{add_rule, delete_rule, describe, list_rules, rule_text, Rule};
 
 use crate::datapath::{Direction, PolicyEntry, Verdict};
 use crate::ipam::Cidr;
@@ -27,6 +27,8 @@ pub struct PolicySet {
     /// Identity -> ISOLATED_INGRESS | ISOLATED_EGRESS.
     pub isolation: BTreeMap<u32, u32>,
     pub entries: BTreeSet<Entry>,
+    /// Rule number -> the NetworkPolicy it came from (after a sync).
+    pub names: BTreeMap<u32, String>,
 }
 
 /// An `iprules` entry without its set.
