@@ -10,8 +10,9 @@ use std::str::FromStr;
 use anyhow::{bail, Result};
 use serde::Serialize;
 
+use super::ports::block_end;
 use super::{apply, current, Entry, PolicySet};
-use crate::datapath::{proto_name, Direction, Maps, IDENTITY_ANY, IDENTITY_CIDR_MIN, IDENTITY_WORLD};
+use crate::datapath::{proto_name, Direction, Maps, IDENTITY_ANY, IDENTITY_CIDR_MIN, IDENTITY_HOST, IDENTITY_WORLD};
 use crate::ipam::Cidr;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,33 +56,27 @@ pub struct Rule {
     pub deny: bool,
 }
 
-/// The identities a rule side stands for, creating the CIDR's own identity
-/// (for addresses in it that are not pods) when needed.
+/// The identities a rule side stands for: the pods (and node addresses)
+/// inside the prefix now, and the prefix's own CIDR identity (with those
+/// of narrower prefixes inside it) for the addresses in it that are
+/// neither, creating it when needed.
 fn identities_for(set: &mut PolicySet, peer: Peer) -> Vec<u32> {
     let Peer::Prefix(p) = peer else { return vec![IDENTITY_ANY] };
     let host = p.prefix == 32 || p.prefix == 128;
     if host {
-        if let Some(id) = set.ipcache.get(&p) {
+        if let Some(id) = set.endpoints.get(&p.addr) {
             return vec![*id];
         }
     }
-    let mut ids: Vec<u32> = set
-        .ipcache
-        .iter()
-        .filter(|(q, _)| q.is_ipv4() == p.is_ipv4() && q.prefix >= p.prefix && p.contains(q.addr))
-        .map(|(_, id)| *id)
-        .collect();
-    if !set.ipcache.contains_key(&p) {
-        let next = set
-            .ipcache
-            .values()
-            .copied()
-            .filter(|id| *id >= IDENTITY_CIDR_MIN)
-            .max()
-            .map_or(IDENTITY_CIDR_MIN, |m| m + 1);
-        set.ipcache.insert(p, next);
+    let inside = |q: &Cidr| q.is_ipv4() == p.is_ipv4() && q.prefix >= p.prefix && p.contains(q.addr);
+    let mut ids: Vec<u32> = set.endpoints.iter().filter(|(ip, _)| p.contains(**ip)).map(|(_, id)| *id).collect();
+    ids.extend(set.cidrs.iter().filter(|(q, _)| inside(q)).map(|(_, id)| *id));
+    if !set.cidrs.contains_key(&p) {
+        let next = set.cidrs.values().copied().max().map_or(IDENTITY_CIDR_MIN, |m| m.max(IDENTITY_CIDR_MIN - 1) + 1);
+        set.cidrs.insert(p, next);
         ids.push(next);
     }
+    ids.retain(|id| *id != IDENTITY_HOST || host);
     ids.sort();
     ids.dedup();
     ids
@@ -104,6 +99,7 @@ pub fn add_rule(maps: &Maps, rule: &Rule) -> Result<u32> {
                 peer: *d,
                 proto: rule.proto,
                 port: rule.port,
+                port_bits: if rule.port == 0 { 0 } else { 16 },
                 deny: rule.deny,
                 rule: id,
             };
@@ -135,7 +131,10 @@ pub struct RuleView {
     pub subject: String,
     pub peer: String,
     pub proto: String,
+    /// 0: every port.
     pub port: u16,
+    /// The last port of the entry's block (`port` for a single port).
+    pub end_port: u16,
     pub verdict: &'static str,
 }
 
@@ -144,9 +143,11 @@ fn identity_name(set: &PolicySet, id: u32) -> String {
     match id {
         IDENTITY_ANY => "any".into(),
         IDENTITY_WORLD => "world".into(),
+        IDENTITY_HOST => "node".into(),
         _ => {
-            let prefixes: Vec<String> =
-                set.ipcache.iter().filter(|(_, i)| **i == id).map(|(p, _)| Peer::Prefix(*p).to_string()).collect();
+            let mut prefixes: Vec<String> =
+                set.endpoints.iter().filter(|(_, i)| **i == id).map(|(ip, _)| ip.to_string()).collect();
+            prefixes.extend(set.cidrs.iter().filter(|(_, i)| **i == id).map(|(p, _)| Peer::Prefix(*p).to_string()));
             if prefixes.is_empty() {
                 format!("identity {id}")
             } else {
@@ -169,6 +170,7 @@ pub fn describe(maps: &Maps) -> Result<Vec<RuleView>> {
             peer: identity_name(&set, e.peer),
             proto: proto_name(e.proto),
             port: e.port,
+            end_port: if e.port_bits == 0 { 0 } else { block_end(e.port, e.port_bits) },
             verdict: if e.deny { "deny" } else { "allow" },
         })
         .collect())
