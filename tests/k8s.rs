@@ -154,3 +154,27 @@ fn sync_switches_rule_sets_without_dropping_allowed_traffic() {
     // re-checked against the new rules (replies of a now-denied flow drop).
     assert!(!web.ping(c.pod("x").ip(4), 1));
 }
+
+/// Issue 15, item 7: the node's exemption belongs to NetworkPolicy
+/// isolation only. Under `policy.defaultAction: deny` a sync (which gives
+/// the node's addresses their identity) opens nothing for the node.
+#[test]
+fn default_deny_keeps_node_traffic_closed_after_a_sync() {
+    if !privileged() {
+        return;
+    }
+    let mut net = TestNet::new("npdeny", 141, json!({"policy": {"defaultAction": "deny"}}));
+    let a = net.add_pod("np15-a");
+    let gw: IpAddr = "10.251.141.1".parse().unwrap();
+    let objects = json!({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "a", "namespace": "x"},
+         "status": {"podIP": a.ip(4).to_string(), "podIPs": [{"ip": a.ip(4).to_string()}]}},
+        {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "deny-in", "namespace": "x"},
+         "spec": {"podSelector": {}, "policyTypes": ["Ingress"]}}]});
+    let path = net.data_dir.join("np15-objects.json");
+    std::fs::write(&path, objects.to_string()).unwrap();
+    ok(net.cli(&["policy", "sync", "-f", path.to_str().unwrap()]));
+    assert!(net.dump("ipcache").iter().any(|e| e["prefix"] == "10.251.141.1/32" && e["identity"] == 2));
+    assert!(!tcp_reachable(Some(&a), None, SocketAddr::new(a.ip(4), 8080)), "node -> pod passed under default deny");
+    assert!(!tcp_reachable(None, Some(&a), SocketAddr::new(gw, 8080)), "pod -> node passed under default deny");
+}
