@@ -86,8 +86,10 @@ fn network_policies_give_kubernetes_verdicts() {
         ("x -> web:80 (unselected pods are open)", tcp("x", "web", 80), true),
         ("api -> x:80 (api has no egress policy)", tcp("api", "x", 80), true),
         ("y -> host extra address:8081 (ipBlock allows)", to_host("y", &c.host_extra, 8081), true),
-        ("y -> gateway:8081 (in ipBlock except)", to_host("y", &format!("{}1", c.prefix), 8081), false),
-        ("y -> host extra address:9999 (port not listed)", to_host("y", &c.host_extra, 9999), false),
+        // The node's own addresses pass isolation whatever the rules say.
+        ("y -> gateway:8081 (the node, though in the except)", to_host("y", &format!("{}1", c.prefix), 8081), true),
+        ("y -> node address:9999 (the node, port not listed)", to_host("y", &c.host_extra, 9999), true),
+        ("y -> web:8081 (the ipBlock holds web's address)", tcp("y", "web", 8081), true),
         ("y -> web:9999 (y's egress allows 8081 only)", tcp("y", "web", 9999), false),
         ("web ping api (only TCP 8080 listed)", c.pod("web").ping(c.pod("api").ip(4), 1), false),
         ("x ping y (neither ingress-isolated, x egress open)", c.pod("x").ping(c.pod("y").ip(4), 1), true),
@@ -101,12 +103,12 @@ fn network_policies_give_kubernetes_verdicts() {
 
     // The rules are readable, and the host-network pod got no identity.
     let ipcache = c.net.dump("ipcache");
-    assert!(!ipcache.iter().any(|e| e["prefix"] == "192.0.2.2/32"), "{ipcache:?}");
+    assert!(!ipcache.iter().any(|e| e["prefix"] == "192.0.2.2/32" && e["identity"] != 2), "{ipcache:?}");
     assert!(c.net.dump("iprules").iter().any(|r| r["port"] == 5432));
     // Pods sharing namespace and labels share an identity: one per pod here.
     let ids: std::collections::BTreeSet<String> = ipcache
         .iter()
-        .filter(|e| e["active"] == true && e["prefix"].as_str().unwrap().ends_with("/32"))
+        .filter(|e| e["active"] == true && e["kind"] == "endpoint" && e["identity"].as_u64().unwrap() >= 256)
         .map(|e| e["identity"].to_string())
         .collect();
     assert_eq!(ids.len(), 5);
@@ -151,4 +153,28 @@ fn sync_switches_rule_sets_without_dropping_allowed_traffic() {
     // Existing connections follow the change too: x's tracked flows are
     // re-checked against the new rules (replies of a now-denied flow drop).
     assert!(!web.ping(c.pod("x").ip(4), 1));
+}
+
+/// Issue 15, item 7: the node's exemption belongs to NetworkPolicy
+/// isolation only. Under `policy.defaultAction: deny` a sync (which gives
+/// the node's addresses their identity) opens nothing for the node.
+#[test]
+fn default_deny_keeps_node_traffic_closed_after_a_sync() {
+    if !privileged() {
+        return;
+    }
+    let mut net = TestNet::new("npdeny", 141, json!({"policy": {"defaultAction": "deny"}}));
+    let a = net.add_pod("np15-a");
+    let gw: IpAddr = "10.251.141.1".parse().unwrap();
+    let objects = json!({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "a", "namespace": "x"},
+         "status": {"podIP": a.ip(4).to_string(), "podIPs": [{"ip": a.ip(4).to_string()}]}},
+        {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "deny-in", "namespace": "x"},
+         "spec": {"podSelector": {}, "policyTypes": ["Ingress"]}}]});
+    let path = net.data_dir.join("np15-objects.json");
+    std::fs::write(&path, objects.to_string()).unwrap();
+    ok(net.cli(&["policy", "sync", "-f", path.to_str().unwrap()]));
+    assert!(net.dump("ipcache").iter().any(|e| e["prefix"] == "10.251.141.1/32" && e["identity"] == 2));
+    assert!(!tcp_reachable(Some(&a), None, SocketAddr::new(a.ip(4), 8080)), "node -> pod passed under default deny");
+    assert!(!tcp_reachable(None, Some(&a), SocketAddr::new(gw, 8080)), "pod -> node passed under default deny");
 }

@@ -49,7 +49,7 @@ struct {
 } ipcache SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__uint(max_entries, 262144);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct policy_key);
@@ -93,6 +93,13 @@ struct {
 /* Puts struct event into the object's BTF, so the skeleton generates the
  * Rust type the monitor decodes records with (ring buffers carry none). */
 struct event *event_layout __attribute__((unused));
+/* The same for the enums whose values the Rust side uses. */
+enum identity_reserved *identity_layout __attribute__((unused));
+enum ipcache_kind *ipcache_kind_layout __attribute__((unused));
+enum policy_dir *policy_dir_layout __attribute__((unused));
+enum verdict *verdict_layout __attribute__((unused));
+enum policy_prefix *policy_prefix_layout __attribute__((unused));
+enum isolation *isolation_layout __attribute__((unused));
 
 #include "packet.h"
 #include "observe.h"
@@ -247,14 +254,8 @@ int from_pod(struct __sk_buff *skb)
 	if (p.has_na_target && !owned_by(&p.na_target, ifindex) && !ip_key_is_link_local_or_any(&p.na_target))
 		return drop(skb, &pod->addr, &p, REASON_SPOOFED_ND, COUNT_DROP_SPOOFED, DIR_FROM_POD);
 
-	if (!p.nd && policy_active(s)) {
-		__u32 set = s->active_set & 1;
-		__u32 src_id = identity_of(&p.src, set);
-		__u32 dst_id = identity_of(&p.dst, set);
-
-		if (!ct_policy_allows(s, &p, src_id, dst_id))
-			return drop(skb, &pod->addr, &p, REASON_POLICY, COUNT_DROP_POLICY, DIR_FROM_POD);
-	}
+	if (!p.nd && policy_active(s) && !ct_policy_allows(s, &p))
+		return drop(skb, &pod->addr, &p, REASON_POLICY, COUNT_DROP_POLICY, DIR_FROM_POD);
 
 	/* Sent traffic counts under its source, one of the pod's own
 	 * addresses (verified above); drops count under the pod's first. */
@@ -317,14 +318,8 @@ int to_pod(struct __sk_buff *skb)
 	hostflow_note(skb, &p);
 	if (!policy_active(s))
 		return TC_ACT_OK;
-	{
-		__u32 set = s->active_set & 1;
-		__u32 src_id = identity_of(&p.src, set);
-		__u32 dst_id = identity_of(&p.dst, set);
-
-		if (!ct_policy_allows(s, &p, src_id, dst_id))
-			return drop(skb, &pod->addr, &p, REASON_POLICY, COUNT_DROP_POLICY, DIR_TO_POD);
-	}
+	if (!ct_policy_allows(s, &p))
+		return drop(skb, &pod->addr, &p, REASON_POLICY, COUNT_DROP_POLICY, DIR_TO_POD);
 	if (tracing(s))
 		event_emit(skb, &p, EVENT_PASSED, REASON_NONE, DIR_TO_POD);
 	return TC_ACT_OK;

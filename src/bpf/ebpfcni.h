@@ -44,19 +44,34 @@ struct traffic_stats {
 	__u64 drop_parse;
 };
 
-/* Identities (Cilium's model): what policy speaks of. An address maps to
- * one identity through the ipcache (longest prefix wins). */
-#define IDENTITY_ANY 0   /* wildcard, in policy keys only */
-#define IDENTITY_WORLD 1 /* no ipcache entry */
-#define IDENTITY_POD_MIN 256
-#define IDENTITY_CIDR_MIN 0x1000000 /* pods below, CIDR prefixes from here */
+/* Identities (Cilium's model): what policy speaks of. A pod's address
+ * and the node's own addresses map to an identity in the ipcache's
+ * endpoint part; any other address to the identity of the longest rule
+ * prefix containing it, in its CIDR part (IDENTITY_WORLD when none). An
+ * enum, so the values reach Rust through the skeleton's types. */
+enum identity_reserved {
+	IDENTITY_ANY = 0,   /* wildcard, in policy keys only */
+	IDENTITY_WORLD = 1, /* no ipcache entry */
+	IDENTITY_HOST = 2,  /* an address of this node: exempt from NetworkPolicy isolation */
+	IDENTITY_POD_MIN = 256,
+	IDENTITY_CIDR_MIN = 0x1000000, /* pods below, CIDR prefixes from here */
+};
 
-/* ipcache: LPM trie. prefixlen counts the 32 bits of set+pad, then the
- * address bits (IPv4 addresses: 96 + prefix length). */
+/* The two parts of the ipcache: an exact address of a pod (or of the
+ * node) never shares an entry with a rule's prefix, so no prefix can
+ * replace a pod's identity. */
+enum ipcache_kind {
+	IPCACHE_ENDPOINT = 0,
+	IPCACHE_CIDR = 1,
+};
+
+/* ipcache: LPM trie. prefixlen counts the 32 bits of set+kind+pad, then
+ * the address bits (IPv4 addresses: 96 + prefix length). */
 struct ipcache_key {
 	__u32 prefixlen;
-	__u8 set; /* the policy set (0/1) this entry belongs to */
-	__u8 pad[3];
+	__u8 set;  /* the policy set (0/1) this entry belongs to */
+	__u8 kind; /* enum ipcache_kind */
+	__u8 pad[2];
 	__u8 addr[16];
 };
 
@@ -67,29 +82,56 @@ struct ipcache_value {
 /* policy: one entry allows or denies traffic between two identities.
  * EGRESS entries: subject = source, peer = destination.
  * INGRESS entries: subject = destination, peer = source. */
-#define POLICY_EGRESS 1
-#define POLICY_INGRESS 2
-#define VERDICT_NONE 0
-#define VERDICT_ALLOW 1
-#define VERDICT_DENY 2
+enum policy_dir {
+	POLICY_EGRESS = 1,
+	POLICY_INGRESS = 2,
+};
+
+enum verdict {
+	VERDICT_NONE = 0,
+	VERDICT_ALLOW = 1,
+	VERDICT_DENY = 2,
+};
+
+/* iprules: LPM trie. The first POLICY_PREFIX_FIXED bits (direction and
+ * set, subject, peer) always match in full; the protocol and then the
+ * destination port (network order) follow as a prefix: prefixlen
+ * POLICY_PREFIX_FIXED matches every protocol and port, + 8 every port of
+ * one protocol, + 8 + n the ports sharing their n high bits with dport (an
+ * aligned block of 2^(16-n) ports). A range of ports is a few such blocks,
+ * so one lookup decides whatever the range's size. */
+enum policy_prefix {
+	POLICY_PREFIX_FIXED = 96,
+	POLICY_PREFIX_PROTO = 104,
+	POLICY_PREFIX_MAX = 120,
+};
 
 struct policy_key {
-	__u32 subject;
-	__u32 peer;  /* IDENTITY_ANY: every peer */
-	__u16 dport; /* host order; 0: every port */
-	__u8 proto;  /* 0: every protocol */
+	__u32 prefixlen;
 	__u8 dir_set; /* direction | set << 4 */
+	__u8 pad[3];
+	__u32 subject;
+	__u32 peer;   /* IDENTITY_ANY: every peer */
+	__u8 proto;
+	__u8 dport[2]; /* network order */
+	__u8 pad2;
 };
 
 struct policy_value {
+	/* What the datapath applies: DENY when this entry or a shorter prefix
+	 * of the same direction, subject and peer denies (explicit deny wins
+	 * over allow, whichever prefix the lookup returns). */
 	__u8 verdict;
-	__u8 pad[3];
+	__u8 own; /* this entry's own verdict, for listings and rule edits */
+	__u8 pad[2];
 	__u32 rule; /* which rule made it, for listings */
 };
 
 /* identity_flags: per set, which pod identities a policy isolates. */
-#define ISOLATED_INGRESS 0x1
-#define ISOLATED_EGRESS 0x2
+enum isolation {
+	ISOLATED_INGRESS = 0x1,
+	ISOLATED_EGRESS = 0x2,
+};
 
 struct identity_key {
 	__u32 identity;

@@ -237,11 +237,12 @@ fn dump(args: &DumpArgs) -> Result<()> {
         }
         MapName::Ipcache => {
             let active = maps.settings()?.active_set as u8;
-            let rows = maps.ipcache()?.iter().map(|e| json!({"set": e.set, "active": e.set == active, "prefix": e.prefix.to_string(), "identity": e.identity})).collect();
-            emit(j, rows, &format!("{:<44} {:>10} SET", "PREFIX", "IDENTITY"), &|r: &Value| {
+            let rows = maps.ipcache()?.iter().map(|e| json!({"set": e.set, "active": e.set == active, "kind": e.kind, "prefix": e.prefix.to_string(), "identity": e.identity})).collect();
+            emit(j, rows, &format!("{:<44} {:<9} {:>10} SET", "PREFIX", "KIND", "IDENTITY"), &|r: &Value| {
                 format!(
-                    "{:<44} {:>10} {}{}",
+                    "{:<44} {:<9} {:>10} {}{}",
                     s(&r["prefix"]),
+                    s(&r["kind"]),
                     s(&r["identity"]),
                     s(&r["set"]),
                     if r["active"] == true { " (active)" } else { "" }
@@ -257,18 +258,23 @@ fn dump(args: &DumpArgs) -> Result<()> {
                 j,
                 rows,
                 &format!(
-                    "{:>5} {:<8} {:<30} {:<30} {:<6} {:>5} VERDICT",
+                    "{:>5} {:<8} {:<30} {:<30} {:<6} {:>11} VERDICT",
                     "RULE", "DIR", "SUBJECT", "PEER", "PROTO", "PORT"
                 ),
                 &|r: &Value| {
+                    let port = if r["end_port"] == r["port"] {
+                        s(&r["port"])
+                    } else {
+                        format!("{}-{}", s(&r["port"]), s(&r["end_port"]))
+                    };
                     format!(
-                        "{:>5} {:<8} {:<30} {:<30} {:<6} {:>5} {}",
+                        "{:>5} {:<8} {:<30} {:<30} {:<6} {:>11} {}",
                         s(&r["rule"]),
                         s(&r["direction"]),
                         s(&r["subject"]),
                         s(&r["peer"]),
                         s(&r["proto"]),
-                        s(&r["port"]),
+                        port,
                         s(&r["verdict"])
                     )
                 },

@@ -10,21 +10,26 @@ use libbpf_rs::{MapCore, MapFlags, MapHandle};
 use serde::Serialize;
 
 use super::skel::types::{
-    ct_key, ct_value, endpoint_info, identity_key, ip_key, ipcache_key, ipcache_value, pod_info, policy_key,
-    policy_value, settings, traffic_stats,
+    ct_key, ct_value, endpoint_info, identity_key, identity_reserved, ip_key, ipcache_key, ipcache_kind, ipcache_value,
+    isolation, pod_info, policy_dir, policy_key, policy_prefix, policy_value, settings, traffic_stats, verdict,
 };
 use crate::ipam::Cidr;
 
 pub const ENDPOINT_F_TCX: u16 = 0x1;
 pub const ENDPOINT_F_TC: u16 = 0x2;
 
-pub const IDENTITY_ANY: u32 = 0;
-pub const IDENTITY_WORLD: u32 = 1;
-pub const IDENTITY_POD_MIN: u32 = 256;
-pub const IDENTITY_CIDR_MIN: u32 = 0x100_0000;
+// The values the C headers define as enums, through the skeleton's types.
+pub const IDENTITY_ANY: u32 = identity_reserved::IDENTITY_ANY.0;
+pub const IDENTITY_WORLD: u32 = identity_reserved::IDENTITY_WORLD.0;
+pub const IDENTITY_HOST: u32 = identity_reserved::IDENTITY_HOST.0;
+pub const IDENTITY_POD_MIN: u32 = identity_reserved::IDENTITY_POD_MIN.0;
+pub const IDENTITY_CIDR_MIN: u32 = identity_reserved::IDENTITY_CIDR_MIN.0;
 
-pub const ISOLATED_INGRESS: u32 = 0x1;
-pub const ISOLATED_EGRESS: u32 = 0x2;
+pub const ISOLATED_INGRESS: u32 = isolation::ISOLATED_INGRESS.0;
+pub const ISOLATED_EGRESS: u32 = isolation::ISOLATED_EGRESS.0;
+
+const POLICY_PREFIX_FIXED: u32 = policy_prefix::POLICY_PREFIX_FIXED.0;
+const POLICY_PREFIX_PROTO: u32 = policy_prefix::POLICY_PREFIX_PROTO.0;
 
 pub const SETTINGS_F_TRACE_FLOWS: u32 = 0x1;
 pub const SETTINGS_F_POLICY: u32 = 0x2;
@@ -112,10 +117,30 @@ pub struct StatsEntry {
     pub drop_parse: u64,
 }
 
+/// Which part of the ipcache an entry lives in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IpcacheKind {
+    /// The exact address of a pod or of the node.
+    Endpoint,
+    /// A prefix a rule names: what addresses that are neither map to.
+    Cidr,
+}
+
+impl IpcacheKind {
+    fn raw(self) -> u8 {
+        match self {
+            IpcacheKind::Endpoint => ipcache_kind::IPCACHE_ENDPOINT.0 as u8,
+            IpcacheKind::Cidr => ipcache_kind::IPCACHE_CIDR.0 as u8,
+        }
+    }
+}
+
 /// An address prefix and the identity it maps to, in policy set `set`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IpcacheEntry {
     pub set: u8,
+    pub kind: IpcacheKind,
     pub prefix: Cidr,
     pub identity: u32,
 }
@@ -123,15 +148,25 @@ pub struct IpcacheEntry {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
-    Egress = 1,
-    Ingress = 2,
+    Egress = policy_dir::POLICY_EGRESS.0 as isize,
+    Ingress = policy_dir::POLICY_INGRESS.0 as isize,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Verdict {
-    Allow = 1,
-    Deny = 2,
+    Allow = verdict::VERDICT_ALLOW.0 as isize,
+    Deny = verdict::VERDICT_DENY.0 as isize,
+}
+
+impl Verdict {
+    fn from_raw(v: u8) -> Self {
+        if u32::from(v) == verdict::VERDICT_DENY.0 {
+            Verdict::Deny
+        } else {
+            Verdict::Allow
+        }
+    }
 }
 
 /// One `iprules` entry: traffic between `subject` and `peer` identities.
@@ -142,11 +177,17 @@ pub struct PolicyEntry {
     pub subject: u32,
     /// IDENTITY_ANY: every peer.
     pub peer: u32,
-    /// 0: every protocol.
+    /// 0: every protocol (and port).
     pub proto: u8,
-    /// 0: every port.
+    /// The first port of an aligned block of 2^(16 - port_bits) ports.
     pub port: u16,
+    /// 0: every port; 16: `port` alone.
+    pub port_bits: u8,
+    /// The entry's own verdict.
     pub verdict: Verdict,
+    /// What the datapath applies: Deny when an entry of the same
+    /// direction, subject and peer covering this one denies.
+    pub applied: Verdict,
     pub rule: u32,
 }
 
@@ -182,13 +223,34 @@ pub struct Maps {
     pub events: MapHandle,
 }
 
-fn ipcache_key_of(set: u8, prefix: &Cidr) -> ipcache_key {
+fn ipcache_key_of(set: u8, kind: IpcacheKind, prefix: &Cidr) -> ipcache_key {
     let bits = if prefix.is_ipv4() { 96 + u32::from(prefix.prefix) } else { u32::from(prefix.prefix) };
-    ipcache_key { prefixlen: 32 + bits, set, addr: ip_to_key(prefix.network()).addr, ..Default::default() }
+    ipcache_key {
+        prefixlen: 32 + bits,
+        set,
+        kind: kind.raw(),
+        addr: ip_to_key(prefix.network()).addr,
+        ..Default::default()
+    }
 }
 
 fn policy_key_of(e: &PolicyEntry) -> policy_key {
-    policy_key { subject: e.subject, peer: e.peer, dport: e.port, proto: e.proto, dir_set: e.dir as u8 | (e.set << 4) }
+    let (prefixlen, port) = if e.proto == 0 {
+        (POLICY_PREFIX_FIXED, 0)
+    } else {
+        let bits = u32::from(e.port_bits.min(16));
+        let mask = if bits == 0 { 0 } else { u16::MAX << (16 - bits) };
+        (POLICY_PREFIX_PROTO + bits, e.port & mask)
+    };
+    policy_key {
+        prefixlen,
+        dir_set: e.dir as u8 | (e.set << 4),
+        subject: e.subject,
+        peer: e.peer,
+        proto: e.proto,
+        dport: port.to_be_bytes(),
+        ..Default::default()
+    }
 }
 
 impl Maps {
@@ -329,21 +391,32 @@ impl Maps {
     pub fn put_ipcache(&self, e: &IpcacheEntry) -> Result<()> {
         let value = ipcache_value { identity: e.identity };
         self.ipcache
-            .update(as_bytes(&ipcache_key_of(e.set, &e.prefix)), as_bytes(&value), MapFlags::ANY)
+            .update(as_bytes(&ipcache_key_of(e.set, e.kind, &e.prefix)), as_bytes(&value), MapFlags::ANY)
             .with_context(|| format!("write ipcache {} -> {}", e.prefix, e.identity))
     }
 
-    /// The identity the datapath gives `ip` in `set` (longest prefix match),
-    /// None when no prefix covers it.
-    pub fn identity_of(&self, set: u8, ip: IpAddr) -> Result<Option<u32>> {
+    /// The identity `kind`'s part of the ipcache gives `ip` in `set`
+    /// (longest prefix match), None when no prefix covers it.
+    pub fn identity_in(&self, set: u8, kind: IpcacheKind, ip: IpAddr) -> Result<Option<u32>> {
         let host = Cidr { addr: ip, prefix: if ip.is_ipv4() { 32 } else { 128 } };
-        let raw =
-            self.ipcache.lookup(as_bytes(&ipcache_key_of(set, &host)), MapFlags::ANY).context("look up ipcache")?;
+        let raw = self
+            .ipcache
+            .lookup(as_bytes(&ipcache_key_of(set, kind, &host)), MapFlags::ANY)
+            .context("look up ipcache")?;
         Ok(raw.map(|r| from_bytes::<ipcache_value>(&r).identity))
     }
 
-    pub fn remove_ipcache(&self, set: u8, prefix: &Cidr) -> Result<()> {
-        delete(&self.ipcache, as_bytes(&ipcache_key_of(set, prefix)), &format!("ipcache {prefix}"))
+    /// The identity the datapath gives `ip` in `set`: its endpoint entry,
+    /// else the longest rule prefix holding it.
+    pub fn identity_of(&self, set: u8, ip: IpAddr) -> Result<Option<u32>> {
+        match self.identity_in(set, IpcacheKind::Endpoint, ip)? {
+            Some(id) => Ok(Some(id)),
+            None => self.identity_in(set, IpcacheKind::Cidr, ip),
+        }
+    }
+
+    pub fn remove_ipcache(&self, set: u8, kind: IpcacheKind, prefix: &Cidr) -> Result<()> {
+        delete(&self.ipcache, as_bytes(&ipcache_key_of(set, kind, prefix)), &format!("ipcache {prefix}"))
     }
 
     pub fn ipcache(&self) -> Result<Vec<IpcacheEntry>> {
@@ -355,14 +428,19 @@ impl Maps {
             let ip = key_to_ip(&ip_key { addr: k.addr });
             let bits = k.prefixlen.saturating_sub(32);
             let prefix = if ip.is_ipv4() { bits.saturating_sub(96) } else { bits } as u8;
-            out.push(IpcacheEntry { set: k.set, prefix: Cidr { addr: ip, prefix }, identity: v.identity });
+            let kind = if u32::from(k.kind) == ipcache_kind::IPCACHE_CIDR.0 {
+                IpcacheKind::Cidr
+            } else {
+                IpcacheKind::Endpoint
+            };
+            out.push(IpcacheEntry { set: k.set, kind, prefix: Cidr { addr: ip, prefix }, identity: v.identity });
         }
-        out.sort_by_key(|e| (e.set, e.prefix.addr, e.prefix.prefix));
+        out.sort_by_key(|e| (e.set, e.kind, e.prefix.addr, e.prefix.prefix));
         Ok(out)
     }
 
     pub fn put_policy(&self, e: &PolicyEntry) -> Result<()> {
-        let value = policy_value { verdict: e.verdict as u8, rule: e.rule, ..Default::default() };
+        let value = policy_value { verdict: e.applied as u8, own: e.verdict as u8, rule: e.rule, ..Default::default() };
         self.iprules.update(as_bytes(&policy_key_of(e)), as_bytes(&value), MapFlags::ANY).context("write iprules entry")
     }
 
@@ -377,19 +455,21 @@ impl Maps {
             let k: policy_key = from_bytes(&key);
             let v: policy_value = from_bytes(&raw);
             let dir = if k.dir_set & 0xf == Direction::Ingress as u8 { Direction::Ingress } else { Direction::Egress };
-            let verdict = if v.verdict == Verdict::Deny as u8 { Verdict::Deny } else { Verdict::Allow };
+            let port_bits = k.prefixlen.saturating_sub(POLICY_PREFIX_PROTO).min(16) as u8;
             out.push(PolicyEntry {
                 set: k.dir_set >> 4,
                 dir,
                 subject: k.subject,
                 peer: k.peer,
                 proto: k.proto,
-                port: k.dport,
-                verdict,
+                port: u16::from_be_bytes(k.dport),
+                port_bits,
+                verdict: Verdict::from_raw(v.own),
+                applied: Verdict::from_raw(v.verdict),
                 rule: v.rule,
             });
         }
-        out.sort_by_key(|e| (e.set, e.dir, e.subject, e.peer, e.proto, e.port));
+        out.sort_by_key(|e| (e.set, e.dir, e.subject, e.peer, e.proto, e.port, e.port_bits));
         Ok(out)
     }
 
@@ -611,13 +691,13 @@ mod tests {
     #[test]
     fn ipcache_prefix_lengths_cover_set_and_family() {
         let v4: Cidr = "10.0.0.0/8".parse().unwrap();
-        let k = ipcache_key_of(1, &v4);
+        let k = ipcache_key_of(1, IpcacheKind::Cidr, &v4);
         assert_eq!(k.prefixlen, 32 + 96 + 8);
-        assert_eq!(k.set, 1);
+        assert_eq!((k.set, k.kind), (1, 1));
         let v6: Cidr = "fd00::/64".parse().unwrap();
-        assert_eq!(ipcache_key_of(0, &v6).prefixlen, 32 + 64);
+        assert_eq!(ipcache_key_of(0, IpcacheKind::Endpoint, &v6).prefixlen, 32 + 64);
         assert_eq!(std::mem::size_of::<ipcache_key>(), 24);
-        assert_eq!(std::mem::size_of::<policy_key>(), 12);
+        assert_eq!(std::mem::size_of::<policy_key>(), 20);
     }
 
     #[test]
@@ -629,11 +709,19 @@ mod tests {
             peer: 0,
             proto: 6,
             port: 80,
+            port_bits: 16,
             verdict: Verdict::Allow,
+            applied: Verdict::Allow,
             rule: 9,
         };
         let k = policy_key_of(&e);
         assert_eq!(k.dir_set, 0x12);
-        assert_eq!((k.subject, k.peer, k.proto, k.dport), (300, 0, 6, 80));
+        assert_eq!((k.subject, k.peer, k.proto, k.dport), (300, 0, 6, [0, 80]));
+        assert_eq!(k.prefixlen, POLICY_PREFIX_PROTO + 16);
+        // A block of 1024 ports from 1024: the 6 high bits of the port.
+        let block = policy_key_of(&PolicyEntry { port: 1024 + 5, port_bits: 6, ..e });
+        assert_eq!((block.prefixlen, block.dport), (POLICY_PREFIX_PROTO + 6, [4, 0]));
+        let any = policy_key_of(&PolicyEntry { proto: 0, port: 0, port_bits: 0, ..e });
+        assert_eq!((any.prefixlen, any.proto), (POLICY_PREFIX_FIXED, 0));
     }
 }

@@ -8,8 +8,8 @@ use anyhow::Result;
 
 use super::{Entry, PolicySet, PER_POD_IDENTITY_BASE};
 use crate::datapath::{
-    IpcacheEntry, Maps, PolicyEntry, Settings, IDENTITY_ANY, IDENTITY_CIDR_MIN, IDENTITY_POD_MIN, SETTINGS_F_HAS_DENY,
-    SETTINGS_F_POLICY, SETTINGS_F_TRACE_FLOWS,
+    IpcacheEntry, IpcacheKind, Maps, PolicyEntry, Settings, IDENTITY_ANY, IDENTITY_CIDR_MIN, IDENTITY_POD_MIN,
+    SETTINGS_F_HAS_DENY, SETTINGS_F_POLICY, SETTINGS_F_TRACE_FLOWS,
 };
 use crate::ipam::Cidr;
 
@@ -26,7 +26,10 @@ pub fn current(maps: &Maps) -> Result<PolicySet> {
     let set = maps.settings()?.active_set as u8 & 1;
     let mut out = PolicySet::default();
     for e in maps.ipcache()?.into_iter().filter(|e| e.set == set) {
-        out.ipcache.insert(e.prefix, e.identity);
+        match e.kind {
+            IpcacheKind::Endpoint => out.endpoints.insert(e.prefix.addr, e.identity),
+            IpcacheKind::Cidr => out.cidrs.insert(e.prefix, e.identity),
+        };
     }
     for (s, id, flags) in maps.identity_flags()? {
         if s == set {
@@ -41,7 +44,7 @@ pub fn current(maps: &Maps) -> Result<PolicySet> {
 
 fn clear_set(maps: &Maps, set: u8) -> Result<()> {
     for e in maps.ipcache()?.into_iter().filter(|e| e.set == set) {
-        maps.remove_ipcache(set, &e.prefix)?;
+        maps.remove_ipcache(set, e.kind, &e.prefix)?;
     }
     for (s, id, _) in maps.identity_flags()? {
         if s == set {
@@ -61,14 +64,22 @@ pub fn apply(maps: &Maps, new: &PolicySet) -> Result<()> {
     let old = s.active_set as u8 & 1;
     let next = old ^ 1;
     clear_set(maps, next)?; // leftovers of an interrupted apply
-    for (prefix, identity) in &new.ipcache {
-        maps.put_ipcache(&IpcacheEntry { set: next, prefix: *prefix, identity: *identity })?;
+    for (ip, identity) in &new.endpoints {
+        let prefix = host_prefix(*ip);
+        maps.put_ipcache(&IpcacheEntry { set: next, kind: IpcacheKind::Endpoint, prefix, identity: *identity })?;
+    }
+    for (prefix, identity) in &new.cidrs {
+        maps.put_ipcache(&IpcacheEntry { set: next, kind: IpcacheKind::Cidr, prefix: *prefix, identity: *identity })?;
     }
     for (identity, flags) in &new.isolation {
         maps.put_identity_flags(next, *identity, *flags)?;
     }
+    // The datapath reads the longest matching entry only: an entry
+    // covered by a deny carries the deny (explicit deny wins).
+    let denies: Vec<&Entry> = new.entries.iter().filter(|e| e.deny).collect();
     for e in &new.entries {
-        maps.put_policy(&e.to_map(next))?;
+        let shadowed = !e.deny && denies.iter().any(|d| e.covered_by(d));
+        maps.put_policy(&e.to_map(next, shadowed))?;
     }
     s.active_set = u32::from(next);
     s.generation = s.generation.wrapping_add(1);
@@ -112,12 +123,13 @@ pub fn register_pod(maps: &Maps, ips: &[IpAddr], ifindex: u32) -> Result<()> {
     let set = maps.settings()?.active_set as u8 & 1;
     let identity = PER_POD_IDENTITY_BASE + (ifindex & 0x7f_ffff);
     for ip in ips {
-        // Pod-range identities only ever sit on a pod's own address, so a
-        // match in that range is this address's entry (from a sync, or a
+        // The endpoint part holds exact addresses only, so a pod-range
+        // identity there is this address's entry (from a sync, or a
         // retried ADD): keep it.
-        let known = maps.identity_of(set, *ip)?.is_some_and(is_pod_identity);
+        let known = maps.identity_in(set, IpcacheKind::Endpoint, *ip)?.is_some_and(is_pod_identity);
         if !known {
-            maps.put_ipcache(&IpcacheEntry { set, prefix: host_prefix(*ip), identity })?;
+            let prefix = host_prefix(*ip);
+            maps.put_ipcache(&IpcacheEntry { set, kind: IpcacheKind::Endpoint, prefix, identity })?;
         }
     }
     // Rules whose subject is `any` hold for pods added after them too.
@@ -134,7 +146,7 @@ pub fn pod_addresses(maps: &Maps) -> Result<Vec<IpAddr>> {
     Ok(maps
         .ipcache()?
         .into_iter()
-        .filter(|e| is_pod_identity(e.identity) && e.prefix.prefix == host_prefix(e.prefix.addr).prefix)
+        .filter(|e| e.kind == IpcacheKind::Endpoint && is_pod_identity(e.identity))
         .map(|e| e.prefix.addr)
         .collect())
 }
@@ -149,11 +161,11 @@ pub fn unregister_pod(maps: &Maps, ips: &[IpAddr]) -> Result<()> {
     let mut own = Vec::new();
     for ip in ips {
         for set in [0, 1] {
-            if let Some(id) = maps.identity_of(set, *ip)?.filter(|id| is_pod_identity(*id)) {
+            if let Some(id) = maps.identity_in(set, IpcacheKind::Endpoint, *ip)?.filter(|id| is_pod_identity(*id)) {
                 if id >= PER_POD_IDENTITY_BASE {
                     own.push(id);
                 }
-                maps.remove_ipcache(set, &host_prefix(*ip))?;
+                maps.remove_ipcache(set, IpcacheKind::Endpoint, &host_prefix(*ip))?;
             }
         }
     }

@@ -14,8 +14,9 @@ use std::str::FromStr;
 use anyhow::{bail, Result};
 use serde::Serialize;
 
+use super::ports::block_end;
 use super::{apply, current, Entry, PolicySet};
-use crate::datapath::{proto_name, Direction, Maps, IDENTITY_ANY, IDENTITY_CIDR_MIN, IDENTITY_WORLD};
+use crate::datapath::{proto_name, Direction, Maps, IDENTITY_ANY, IDENTITY_CIDR_MIN, IDENTITY_HOST, IDENTITY_WORLD};
 use crate::ipam::Cidr;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,33 +60,27 @@ pub struct Rule {
     pub deny: bool,
 }
 
-/// The identities a rule side stands for, creating the CIDR's own identity
-/// (for addresses in it that are not pods) when needed.
+/// The identities a rule side stands for: the pods (and node addresses)
+/// inside the prefix now, and the prefix's own CIDR identity (with those
+/// of narrower prefixes inside it) for the addresses in it that are
+/// neither, creating it when needed.
 fn identities_for(set: &mut PolicySet, peer: Peer) -> Vec<u32> {
     let Peer::Prefix(p) = peer else { return vec![IDENTITY_ANY] };
     let host = p.prefix == 32 || p.prefix == 128;
     if host {
-        if let Some(id) = set.ipcache.get(&p) {
+        if let Some(id) = set.endpoints.get(&p.addr) {
             return vec![*id];
         }
     }
-    let mut ids: Vec<u32> = set
-        .ipcache
-        .iter()
-        .filter(|(q, _)| q.is_ipv4() == p.is_ipv4() && q.prefix >= p.prefix && p.contains(q.addr))
-        .map(|(_, id)| *id)
-        .collect();
-    if !set.ipcache.contains_key(&p) {
-        let next = set
-            .ipcache
-            .values()
-            .copied()
-            .filter(|id| *id >= IDENTITY_CIDR_MIN)
-            .max()
-            .map_or(IDENTITY_CIDR_MIN, |m| m + 1);
-        set.ipcache.insert(p, next);
+    let inside = |q: &Cidr| q.is_ipv4() == p.is_ipv4() && q.prefix >= p.prefix && p.contains(q.addr);
+    let mut ids: Vec<u32> = set.endpoints.iter().filter(|(ip, _)| p.contains(**ip)).map(|(_, id)| *id).collect();
+    ids.extend(set.cidrs.iter().filter(|(q, _)| inside(q)).map(|(_, id)| *id));
+    if !set.cidrs.contains_key(&p) {
+        let next = set.cidrs.values().copied().max().map_or(IDENTITY_CIDR_MIN, |m| m.max(IDENTITY_CIDR_MIN - 1) + 1);
+        set.cidrs.insert(p, next);
         ids.push(next);
     }
+    ids.retain(|id| *id != IDENTITY_HOST || host);
     ids.sort();
     ids.dedup();
     ids
@@ -97,7 +92,11 @@ fn subjects_for(set: &mut PolicySet, peer: Peer) -> Vec<u32> {
     if peer != Peer::Any {
         return identities_for(set, peer);
     }
-    let mut ids: Vec<u32> = [IDENTITY_ANY, IDENTITY_WORLD].into_iter().chain(set.ipcache.values().copied()).collect();
+    let mut ids: Vec<u32> = [IDENTITY_ANY, IDENTITY_WORLD]
+        .into_iter()
+        .chain(set.endpoints.values().copied())
+        .chain(set.cidrs.values().copied())
+        .collect();
     ids.sort();
     ids.dedup();
     ids
@@ -118,6 +117,7 @@ pub fn add_rule(maps: &Maps, rule: &Rule) -> Result<u32> {
         peer: 0,
         proto: rule.proto,
         port: rule.port,
+        port_bits: if rule.port == 0 { 0 } else { 16 },
         deny: rule.deny,
         rule: id,
     };
@@ -209,7 +209,7 @@ pub fn delete_rule(maps: &Maps, id: u32) -> Result<bool> {
     }
     // A CIDR's identity lives as long as some rule names it.
     let named: std::collections::BTreeSet<u32> = set.entries.iter().flat_map(|e| [e.subject, e.peer]).collect();
-    set.ipcache.retain(|_, identity| *identity < IDENTITY_CIDR_MIN || named.contains(identity));
+    set.cidrs.retain(|_, identity| named.contains(identity));
     apply(maps, &set)?;
     Ok(true)
 }
@@ -222,7 +222,10 @@ pub struct RuleView {
     pub subject: String,
     pub peer: String,
     pub proto: String,
+    /// 0: every port.
     pub port: u16,
+    /// The last port of the entry's block (`port` for a single port).
+    pub end_port: u16,
     pub verdict: &'static str,
 }
 
@@ -231,9 +234,11 @@ fn identity_name(set: &PolicySet, id: u32) -> String {
     match id {
         IDENTITY_ANY => "any".into(),
         IDENTITY_WORLD => "world".into(),
+        IDENTITY_HOST => "node".into(),
         _ => {
-            let prefixes: Vec<String> =
-                set.ipcache.iter().filter(|(_, i)| **i == id).map(|(p, _)| Peer::Prefix(*p).to_string()).collect();
+            let mut prefixes: Vec<String> =
+                set.endpoints.iter().filter(|(_, i)| **i == id).map(|(ip, _)| ip.to_string()).collect();
+            prefixes.extend(set.cidrs.iter().filter(|(_, i)| **i == id).map(|(p, _)| Peer::Prefix(*p).to_string()));
             if prefixes.is_empty() {
                 format!("identity {id}")
             } else {
@@ -256,6 +261,7 @@ pub fn describe(maps: &Maps) -> Result<Vec<RuleView>> {
             peer: identity_name(&set, e.peer),
             proto: proto_name(e.proto),
             port: e.port,
+            end_port: if e.port_bits == 0 { 0 } else { block_end(e.port, e.port_bits) },
             verdict: if e.deny { "deny" } else { "allow" },
         })
         .collect())
