@@ -534,13 +534,19 @@ impl Maps {
     pub fn retain_conntrack(&self, keep: impl Fn(IpAddr, IpAddr) -> bool) -> Result<usize> {
         let mut n = 0;
         for (map, what) in [(&self.conntrack, "tracked connection"), (&self.hostflows, "host flow")] {
-            for key in map.keys() {
-                let k: ct_key = from_bytes(&key);
-                if !keep(key_to_ip(&k.src), key_to_ip(&k.dst)) {
-                    delete(map, &key, what)?;
-                    n += 1;
-                }
+            // Collected first: deleting the key an iteration stands on makes
+            // the kernel start over from the first key (quadratic).
+            let doomed: Vec<Vec<u8>> = map
+                .keys()
+                .filter(|key| {
+                    let k: ct_key = from_bytes(key);
+                    !keep(key_to_ip(&k.src), key_to_ip(&k.dst))
+                })
+                .collect();
+            for key in &doomed {
+                delete(map, key, what)?;
             }
+            n += doomed.len();
         }
         Ok(n)
     }
