@@ -27,6 +27,9 @@ impl RuleBook {
         }
         let opts = libbpf_sys::bpf_map_create_opts {
             sz: std::mem::size_of::<libbpf_sys::bpf_map_create_opts>() as _,
+            // Allocated as rules come: a preallocated book would pin
+            // 65,536 x 512 bytes of kernel memory per network.
+            map_flags: libbpf_sys::BPF_F_NO_PREALLOC,
             ..Default::default()
         };
         let mut map = MapHandle::create(MapType::Hash, Some(PIN), 4, TEXT as u32, MAX_RULES, &opts)
