@@ -8,7 +8,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::time::Duration;
 
 use common::*;
@@ -44,19 +44,7 @@ impl Chain {
         }
         let ty = plugin["type"].as_str().unwrap();
         let bin = if ty == "ebpfcni" { BIN.to_string() } else { format!("{REF_DIR}/{ty}") };
-        let mut child = Command::new(bin)
-            .env("CNI_COMMAND", command)
-            .env("CNI_CONTAINERID", id)
-            .env("CNI_NETNS", netns)
-            .env("CNI_IFNAME", "eth0")
-            .env("CNI_PATH", REF_DIR)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(conf.to_string().as_bytes()).unwrap();
-        child.wait_with_output().unwrap()
+        run_plugin(&bin, command, id, netns, &conf)
     }
 
     fn add(&self, id: &str, netns: &str) -> Value {

@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
@@ -89,19 +88,7 @@ fn invoke(bin: &str, list: &Value, plugin: &Value, command: &str, prev: Option<&
         conf["runtimeConfig"] =
             json!({"portMappings": [{"hostPort": 18116, "containerPort": 8116, "protocol": "tcp"}]});
     }
-    let mut child = Command::new(bin)
-        .env("CNI_COMMAND", command)
-        .env("CNI_CONTAINERID", "op16-install-pod")
-        .env("CNI_NETNS", netns)
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", REF_DIR)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(conf.to_string().as_bytes()).unwrap();
-    child.wait_with_output().unwrap()
+    common::run_plugin(bin, command, "op16-install-pod", netns, &conf)
 }
 
 #[test]

@@ -7,8 +7,7 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
 use common::*;
 use serde_json::{json, Value};
@@ -17,19 +16,7 @@ const REF_BRIDGE: &str = "/usr/lib/cni/bridge";
 
 /// The reference bridge plugin, called as a runtime calls it.
 fn reference(command: &str, conf: &Value, id: &str, netns: &str) -> Output {
-    let mut child = Command::new(REF_BRIDGE)
-        .env("CNI_COMMAND", command)
-        .env("CNI_CONTAINERID", id)
-        .env("CNI_NETNS", netns)
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", "/usr/lib/cni")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(conf.to_string().as_bytes()).unwrap();
-    child.wait_with_output().unwrap()
+    run_plugin(REF_BRIDGE, command, id, netns, conf)
 }
 
 /// A value's shape: every object's keys (recursively), arrays element by

@@ -4,7 +4,6 @@
 //! directories support (each asked with `CNI_COMMAND=VERSION`), and the
 //! values uninstall needs (network name, pin path, data dir).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -62,15 +61,13 @@ fn read(file: &Path) -> Result<(Value, usize)> {
 
 /// The versions a plugin binary says it supports.
 fn supported_by(bin: &Path) -> Result<Vec<String>> {
-    let mut child = Command::new(bin)
+    let out = Command::new(bin)
         .env("CNI_COMMAND", "VERSION")
-        .stdin(Stdio::piped())
+        .stdin(crate::child::stdin_of(br#"{"cniVersion":"0.4.0"}"#)?)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
-        .spawn()
+        .output()
         .with_context(|| format!("run {}", bin.display()))?;
-    let _ = child.stdin.take().expect("piped").write_all(br#"{"cniVersion":"0.4.0"}"#);
-    let out = child.wait_with_output()?;
     let v: Value = serde_json::from_slice(&out.stdout)
         .with_context(|| format!("{} answered VERSION with no JSON", bin.display()))?;
     Ok(v["supportedVersions"].as_array().into_iter().flatten().filter_map(Value::as_str).map(String::from).collect())

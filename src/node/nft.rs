@@ -9,7 +9,6 @@
 //! so removing the table restores them. Every change is one `nft -f`
 //! batch: applied whole or not at all.
 
-use std::io::Write;
 use std::process::{Command, Stdio};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -55,17 +54,17 @@ fn nft_binary() -> &'static str {
 }
 
 fn run(args: &[&str], stdin: Option<&str>) -> Result<String> {
-    let mut child = Command::new(nft_binary())
+    let input = match stdin {
+        Some(text) => crate::child::stdin_of(text.as_bytes())?,
+        None => Stdio::null(),
+    };
+    let out = Command::new(nft_binary())
         .args(args)
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(input)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .spawn()
+        .output()
         .context("run nft (install nftables)")?;
-    if let Some(input) = stdin {
-        child.stdin.take().expect("piped").write_all(input.as_bytes()).context("write to nft")?;
-    }
-    let out = child.wait_with_output().context("wait for nft")?;
     if !out.status.success() {
         bail!("nft {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
     }

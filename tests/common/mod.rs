@@ -19,6 +19,26 @@ use serde_json::{json, Value};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_ebpfcni");
 
+/// Runs a CNI plugin binary as a runtime does: `command` and the pod in
+/// the `CNI_*` environment (interface eth0, the reference plugins on
+/// `CNI_PATH`), `conf` on stdin.
+pub fn run_plugin(bin: &str, command: &str, container_id: &str, netns: &str, conf: &Value) -> Output {
+    let mut child = Command::new(bin)
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", container_id)
+        .env("CNI_NETNS", netns)
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", "/usr/lib/cni")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("run {bin}: {e}"));
+    // A plugin may refuse early and close stdin: ignore EPIPE.
+    let _ = child.stdin.take().unwrap().write_all(conf.to_string().as_bytes());
+    child.wait_with_output().unwrap()
+}
+
 /// Privileged tests run for real as root. Elsewhere they skip loudly, but
 /// under CI=true a test that cannot run fails.
 pub fn privileged() -> bool {
