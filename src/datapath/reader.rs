@@ -41,6 +41,18 @@ fn try_lock(dir: &Path) -> Result<Option<Flock<File>>> {
     }
 }
 
+/// The lock, if it comes free within `patience`.
+fn lock_within(dir: &Path, patience: Duration) -> Result<Option<Flock<File>>> {
+    let step = Duration::from_millis(50);
+    for _ in 0..patience.as_millis() / step.as_millis() {
+        if let Some(lock) = try_lock(dir)? {
+            return Ok(Some(lock));
+        }
+        std::thread::sleep(step);
+    }
+    try_lock(dir)
+}
+
 /// The pids recorded under `monitors/`.
 fn recorded(dir: &Path) -> Vec<String> {
     fs::read_dir(dir.join(MONITORS_DIR))
@@ -56,15 +68,7 @@ fn recorded(dir: &Path) -> Vec<String> {
 /// set either way, so tracing left on by a reader that died is turned off.
 pub fn claim_events(dir: &Path, maps: &Maps, trace_flows: bool) -> Result<EventsReader> {
     // A reader that just ended may still be releasing: give it a moment.
-    let mut lock = None;
-    for _ in 0..20 {
-        lock = try_lock(dir)?;
-        if lock.is_some() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let Some(lock) = lock else {
+    let Some(lock) = lock_within(dir, Duration::from_secs(1))? else {
         let pids = recorded(dir);
         bail!(
             "another monitor (pid {}) is reading the events of {}: the events ring buffer has a single reader, \
@@ -99,7 +103,9 @@ impl EventsReader {
 /// events any more, flow tracing goes off. A reader that took over
 /// meanwhile has set tracing as it wants it.
 pub fn release_dead_reader(dir: &Path, maps: &Maps) -> Result<bool> {
-    let Some(_lock) = try_lock(dir)? else { return Ok(false) };
+    // A dying reader's files close one by one: the guard's pipe may close
+    // before the lock does. Give it a moment; a live reader keeps it.
+    let Some(_lock) = lock_within(dir, Duration::from_secs(2))? else { return Ok(false) };
     for stale in recorded(dir) {
         let _ = fs::remove_dir(dir.join(MONITORS_DIR).join(stale));
     }
