@@ -118,8 +118,9 @@ fn chained_portmap_add_through_the_installed_conflist_and_uninstall() {
         "cniVersion": "1.1.0",
         "name": net.name,
         "plugins": [
+            // ipForward off: this pod lives in the machine's own namespace.
             {"type": "ebpfcni", "bridge": net.bridge, "subnet": "10.251.116.0/24",
-             "dataDir": net.data_dir, "bpfPinPath": net.pin_path},
+             "dataDir": net.data_dir, "bpfPinPath": net.pin_path, "ipForward": false},
             {"type": "portmap", "capabilities": {"portMappings": true}, "snat": true},
         ],
     });

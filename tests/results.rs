@@ -14,9 +14,11 @@ use serde_json::{json, Value};
 
 const REF_BRIDGE: &str = "/usr/lib/cni/bridge";
 
-/// The reference bridge plugin, called as a runtime calls it.
-fn reference(command: &str, conf: &Value, id: &str, netns: &str) -> Output {
-    run_plugin(REF_BRIDGE, command, id, netns, conf)
+/// The reference bridge plugin, called as a runtime calls it, inside the
+/// network's own node namespace: its `isGateway` turns on forwarding,
+/// which the machine's own namespace must keep as it is.
+fn reference(node: &str, command: &str, conf: &Value, id: &str, netns: &str) -> Output {
+    run_plugin_in(Some(node), REF_BRIDGE, command, id, netns, conf)
 }
 
 /// A value's shape: every object's keys (recursively), arrays element by
@@ -36,6 +38,7 @@ fn shape(v: &Value) -> Value {
 /// lease dir; removed on drop with whatever ADD made.
 struct RefNet {
     conf: Value,
+    node: String,
     netns: String,
     data_dir: std::path::PathBuf,
 }
@@ -45,8 +48,9 @@ impl RefNet {
         let data_dir = std::env::temp_dir().join(format!("ebpfcni-op16-ref{tag}"));
         let _ = std::fs::remove_dir_all(&data_dir);
         let netns = format!("op16-ref{tag}");
-        let _ = sh(&format!("ip netns del {netns} 2>/dev/null; ip link del op16ref{tag} 2>/dev/null"));
-        assert!(sh(&format!("ip netns add {netns}")).status.success());
+        let node = format!("op16-refnode{tag}");
+        let _ = sh(&format!("ip netns del {netns} 2>/dev/null; ip netns del {node} 2>/dev/null"));
+        assert!(sh(&format!("ip netns add {netns} && ip netns add {node}")).status.success());
         let conf = json!({
             "cniVersion": version, "name": format!("op16-ref{tag}"), "type": "bridge",
             "bridge": format!("op16ref{tag}"), "isGateway": true, "isDefaultGateway": true, "mtu": 1400,
@@ -54,20 +58,19 @@ impl RefNet {
                      "routes": [{"dst": "10.96.0.0/12", "gw": format!("10.251.{}.1", 120 + tag)}]},
             "dns": dns,
         });
-        RefNet { conf, netns, data_dir }
+        RefNet { conf, node, netns, data_dir }
     }
 
     fn add(&self) -> Value {
-        let out = reference("ADD", &self.conf, "op16-ref", &format!("/run/netns/{}", self.netns));
+        let out = reference(&self.node, "ADD", &self.conf, "op16-ref", &format!("/run/netns/{}", self.netns));
         serde_json::from_slice(&ok(out).stdout).unwrap()
     }
 }
 
 impl Drop for RefNet {
     fn drop(&mut self) {
-        let _ = reference("DEL", &self.conf, "op16-ref", &format!("/run/netns/{}", self.netns));
-        let _ =
-            sh(&format!("ip netns del {} 2>/dev/null; ip link del {} 2>/dev/null", self.netns, self.conf["bridge"]));
+        let _ = reference(&self.node, "DEL", &self.conf, "op16-ref", &format!("/run/netns/{}", self.netns));
+        let _ = sh(&format!("ip netns del {} 2>/dev/null; ip netns del {} 2>/dev/null", self.netns, self.node));
         let _ = std::fs::remove_dir_all(&self.data_dir);
     }
 }
@@ -125,8 +128,14 @@ fn commands_the_config_version_does_not_allow_get_code_1() {
     let prev = refnet.add();
     let mut conf = refnet.conf.clone();
     conf["prevResult"] = prev;
-    let theirs: Value =
-        serde_json::from_slice(&reference_out(reference("CHECK", &conf, "op16-ref", "/run/netns/op16-ref5"))).unwrap();
+    let theirs: Value = serde_json::from_slice(&reference_out(reference(
+        &refnet.node,
+        "CHECK",
+        &conf,
+        "op16-ref",
+        "/run/netns/op16-ref5",
+    )))
+    .unwrap();
     assert_eq!(theirs["code"], ours["code"], "{theirs}");
 
     let mut v10 = net.conf.clone();

@@ -23,7 +23,29 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_ebpfcni");
 /// the `CNI_*` environment (interface eth0, the reference plugins on
 /// `CNI_PATH`), `conf` on stdin.
 pub fn run_plugin(bin: &str, command: &str, container_id: &str, netns: &str, conf: &Value) -> Output {
-    let mut child = Command::new(bin)
+    run_plugin_in(None, bin, command, container_id, netns, conf)
+}
+
+/// The same, with the plugin itself inside network namespace `node`
+/// (setns, so /sys/fs/bpf stays visible): what it changes node-wide
+/// (sysctls, iptables) stays in that namespace.
+pub fn run_plugin_in(
+    node: Option<&str>,
+    bin: &str,
+    command: &str,
+    container_id: &str,
+    netns: &str,
+    conf: &Value,
+) -> Output {
+    let mut cmd = match node {
+        Some(ns) => {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net=/run/netns/{ns}")).arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    };
+    let mut child = cmd
         .env("CNI_COMMAND", command)
         .env("CNI_CONTAINERID", container_id)
         .env("CNI_NETNS", netns)
