@@ -125,6 +125,9 @@ fn matrix(release: &str, version_prefix: &str, attach: &str) {
     assert!(lines.contains(&"MATRIX end failures=0"), "the smoke test did not finish\n{}", report());
     let mode = lines.iter().find_map(|l| l.strip_prefix("MATRIX attach ")).unwrap_or("none");
     assert_eq!(mode, attach, "on {kernel} the programs were attached with {mode}, expected {attach}\n{}", report());
+    let tcx = lines.iter().find_map(|l| l.strip_prefix("MATRIX feature tcx ")).unwrap_or("unreported");
+    let want = if attach == "tcx" { "yes" } else { "no" };
+    assert_eq!(tcx, want, "on {kernel} `ebpfcni status` reports TCX {tcx}\n{}", report());
     let passed = lines.iter().filter(|l| l.starts_with("MATRIX ok ")).count();
     assert!(passed >= 30, "only {passed} steps passed on {kernel}\n{}", report());
 }
