@@ -10,8 +10,9 @@ use libbpf_rs::{MapCore, MapFlags, MapHandle};
 use serde::Serialize;
 
 use super::skel::types::{
-    ct_key, ct_value, endpoint_info, identity_key, identity_reserved, ip_key, ipcache_key, ipcache_kind, ipcache_value,
-    isolation, pod_info, policy_dir, policy_key, policy_prefix, policy_value, settings, traffic_stats, verdict,
+    ct_key, ct_new_value, ct_value, endpoint_info, identity_key, identity_reserved, ip_key, ipcache_key, ipcache_kind,
+    ipcache_value, isolation, pod_info, policy_dir, policy_key, policy_prefix, policy_value, settings, traffic_stats,
+    verdict,
 };
 use crate::ipam::Cidr;
 
@@ -45,6 +46,8 @@ pub const MAP_NAMES: &[&str] = &[
     "identity_flags",
     "settings",
     "conntrack",
+    "ct_new",
+    "ct_budget",
     "hostflows",
     "events",
 ];
@@ -208,6 +211,17 @@ pub struct ConntrackEntry {
     pub proto: u8,
     pub last_seen_ns: u64,
     pub generation: u32,
+    /// A reply was seen (the entry lives in `conntrack`, else in `ct_new`).
+    pub established: bool,
+}
+
+/// How full the conntrack tables are.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ConntrackFill {
+    pub established: usize,
+    pub established_max: u32,
+    pub new: usize,
+    pub new_max: u32,
 }
 
 pub struct Maps {
@@ -219,6 +233,8 @@ pub struct Maps {
     pub identity_flags: MapHandle,
     pub settings: MapHandle,
     pub conntrack: MapHandle,
+    pub ct_new: MapHandle,
+    pub ct_budget: MapHandle,
     pub hostflows: MapHandle,
     pub events: MapHandle,
 }
@@ -269,6 +285,8 @@ impl Maps {
             identity_flags: open("identity_flags")?,
             settings: open("settings")?,
             conntrack: open("conntrack")?,
+            ct_new: open("ct_new")?,
+            ct_budget: open("ct_budget")?,
             hostflows: open("hostflows")?,
             events: open("events")?,
         })
@@ -325,6 +343,7 @@ impl Maps {
     }
 
     pub fn remove_pod(&self, ifindex: u32) -> Result<()> {
+        delete(&self.ct_budget, &ifindex.to_ne_bytes(), &format!("conntrack budget of ifindex {ifindex}"))?;
         delete(&self.pods, &ifindex.to_ne_bytes(), &format!("pod of ifindex {ifindex}"))
     }
 
@@ -533,7 +552,9 @@ impl Maps {
     /// accepts (both maps are keyed by flow); returns how many went.
     pub fn retain_conntrack(&self, keep: impl Fn(IpAddr, IpAddr) -> bool) -> Result<usize> {
         let mut n = 0;
-        for (map, what) in [(&self.conntrack, "tracked connection"), (&self.hostflows, "host flow")] {
+        for (map, what) in
+            [(&self.conntrack, "tracked connection"), (&self.ct_new, "new connection"), (&self.hostflows, "host flow")]
+        {
             // Collected first: deleting the key an iteration stands on makes
             // the kernel start over from the first key (quadratic).
             let doomed: Vec<Vec<u8>> = map
@@ -565,30 +586,46 @@ impl Maps {
                 proto: k.proto,
                 last_seen_ns: 0,
                 generation: 0,
+                established: false,
             });
         }
         out.sort_by_key(|c| (c.src, c.dst, c.sport, c.dport));
         Ok(out)
     }
 
+    /// Tracked flows, established and new, in their original direction.
     pub fn conntrack(&self) -> Result<Vec<ConntrackEntry>> {
         let mut out = Vec::new();
-        for key in self.conntrack.keys() {
-            let Some(raw) = self.conntrack.lookup(&key, MapFlags::ANY).context("read conntrack")? else { continue };
-            let k: ct_key = from_bytes(&key);
-            let v: ct_value = from_bytes(&raw);
-            out.push(ConntrackEntry {
-                src: key_to_ip(&k.src),
-                dst: key_to_ip(&k.dst),
-                sport: k.sport,
-                dport: k.dport,
-                proto: k.proto,
-                last_seen_ns: v.last_seen_ns,
-                generation: v.generation,
-            });
+        for (map, established) in [(&self.conntrack, true), (&self.ct_new, false)] {
+            for key in map.keys() {
+                let Some(raw) = map.lookup(&key, MapFlags::ANY).context("read conntrack")? else { continue };
+                let k: ct_key = from_bytes(&key);
+                let v: ct_value = if established { from_bytes(&raw) } else { from_bytes::<ct_new_value>(&raw).ct };
+                out.push(ConntrackEntry {
+                    src: key_to_ip(&k.src),
+                    dst: key_to_ip(&k.dst),
+                    sport: k.sport,
+                    dport: k.dport,
+                    proto: k.proto,
+                    last_seen_ns: v.last_seen_ns,
+                    generation: v.generation,
+                    established,
+                });
+            }
         }
         out.sort_by_key(|c| (c.src, c.dst, c.sport, c.dport));
         Ok(out)
+    }
+
+    /// Entries in the two conntrack tables against their sizes.
+    pub fn conntrack_fill(&self) -> Result<ConntrackFill> {
+        let count = |m: &MapHandle| m.keys().count();
+        Ok(ConntrackFill {
+            established: count(&self.conntrack),
+            established_max: self.conntrack.info().context("conntrack map info")?.info.max_entries,
+            new: count(&self.ct_new),
+            new_max: self.ct_new.info().context("ct_new map info")?.info.max_entries,
+        })
     }
 }
 
@@ -661,6 +698,7 @@ pub mod event {
                 6 => "no-endpoint",
                 8 => "ethertype",
                 9 => "router-message",
+                10 => "conntrack-full",
                 _ => "parse-error",
             },
             direction: if e.dir == 2 { "to-pod" } else { "from-pod" },
