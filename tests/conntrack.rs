@@ -175,3 +175,43 @@ fn an_unanswered_flow_expires_and_its_late_reply_is_dropped() {
     assert!(sock_a2.recv_from(&mut buf).is_err(), "the reply of an expired flow passed");
     assert_eq!(counter(&net, ip_b, "drop_policy") - before, 1, "{:?}", net.stats_of(ip_b));
 }
+
+#[test]
+fn a_flood_of_drops_from_one_pod_leaves_room_for_the_others_events() {
+    if !privileged() {
+        return;
+    }
+    let mut net = TestNet::new("ctevents", 172, json!({}));
+    let (a, b, c) = (net.add_pod("a"), net.add_pod("b"), net.add_pod("c"));
+    let (mac_a, mac_c, ip_c) = (mac_of(&a), mac_of(&c), c.ip(4));
+    let mon = monitor(&net, &["--json", "--count", "40", "--duration", "5"]);
+    registered(&net, mon.id());
+    // 500 spoofed packets from a: 500 drops.
+    let before = counter(&net, a.ip(4), "drop_spoofed");
+    scapy(
+        &a,
+        &format!(
+            "sendp([Ether(src='{mac_a}', dst='{mac_c}')/IP(src='10.251.172.%d' % (100 + i % 100), dst='{ip_c}')/ICMP() \
+             for i in range(500)], iface='eth0')"
+        ),
+    );
+    assert_eq!(counter(&net, a.ip(4), "drop_spoofed") - before, 500);
+    // Then a single one from b.
+    let spoofed_by_b = std::net::Ipv4Addr::new(10, 251, 172, 250);
+    let dst = match ip_c {
+        IpAddr::V4(v) => v,
+        _ => unreachable!(),
+    };
+    b.send_frame(icmp_frame(c.mac(), b.mac(), spoofed_by_b, dst));
+    let out = mon.wait_with_output().unwrap();
+    let events = json_lines(&out.stdout);
+    let of_a = events.iter().filter(|e| e["pod"].as_str().unwrap_or("").starts_with(&format!("{}(", a.ip(4)))).count();
+    let of_b: Vec<&Value> = events.iter().filter(|e| e["src"] == json!(spoofed_by_b)).collect();
+    assert_eq!(of_b.len(), 1, "b's drop is missing among {} events", events.len());
+    // EVENT_BURST (10) at once, then EVENT_RATE_PER_SEC (5) a second.
+    assert!((1..40).contains(&of_a), "{of_a} events of a");
+    let lost = of_b[0]["lost"].as_u64().unwrap();
+    assert!(lost >= 500 - of_a as u64, "b's event reports {lost} lost, a had {of_a} of 500 shown");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("events lost"), "the monitor did not report the loss: {stderr}");
+}

@@ -104,6 +104,20 @@ struct {
 	__uint(max_entries, 256 * 1024);
 } events SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct event_loss);
+} events_lost SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct event_source);
+	__type(value, __u64);
+} event_limit SEC(".maps");
+
 /* Puts struct event into the object's BTF, so the skeleton generates the
  * Rust type the monitor decodes records with (ring buffers carry none). */
 struct event *event_layout __attribute__((unused));

@@ -222,6 +222,26 @@ struct hostflow_value {
 #define REASON_ROUTER_MESSAGE 9 /* a router advertisement or redirect */
 #define REASON_CT_FULL 10       /* a new flow over its pod's conntrack budget */
 
+/* Drop events are rate limited per source (a pod's host veth for what
+ * it sends, the source address for what enters a pod): a flooding pod
+ * cannot crowd the others' events out of the ring buffer. A token bucket
+ * (GCRA: the next event's theoretical arrival time, in event_limit) of
+ * EVENT_RATE_PER_SEC with bursts of EVENT_BURST. */
+#define EVENT_RATE_PER_SEC 5
+#define EVENT_BURST 10
+
+struct event_source {
+	struct ip_key src; /* zero for what a pod sends */
+	__u32 ifindex;     /* zero for what enters a pod */
+	__u32 pad;
+};
+
+/* events_lost: per-CPU counts of the events never delivered. */
+struct event_loss {
+	__u64 ring_full;    /* the ring buffer had no room */
+	__u64 rate_limited; /* over the source's rate */
+};
+
 #define EVENT_PASSED 0
 #define EVENT_REDIRECTED 1
 #define EVENT_DROPPED 2

@@ -26,6 +26,8 @@ pub fn maps_of(skel: &DatapathSkel<'_>) -> Result<Maps> {
         ct_budget: h(&m.ct_budget)?,
         hostflows: h(&m.hostflows)?,
         events: h(&m.events)?,
+        events_lost: h(&m.events_lost)?,
+        event_limit: h(&m.event_limit)?,
     })
 }
 

@@ -10,9 +10,9 @@ use libbpf_rs::{MapCore, MapFlags, MapHandle};
 use serde::Serialize;
 
 use super::skel::types::{
-    ct_key, ct_new_value, ct_value, endpoint_info, identity_key, identity_reserved, ip_key, ipcache_key, ipcache_kind,
-    ipcache_value, isolation, pod_info, policy_dir, policy_key, policy_prefix, policy_value, settings, traffic_stats,
-    verdict,
+    ct_key, ct_new_value, ct_value, endpoint_info, event_loss, event_source, identity_key, identity_reserved, ip_key,
+    ipcache_key, ipcache_kind, ipcache_value, isolation, pod_info, policy_dir, policy_key, policy_prefix, policy_value,
+    settings, traffic_stats, verdict,
 };
 use crate::ipam::Cidr;
 
@@ -50,6 +50,8 @@ pub const MAP_NAMES: &[&str] = &[
     "ct_budget",
     "hostflows",
     "events",
+    "events_lost",
+    "event_limit",
 ];
 
 /// Views a generated map type as the bytes the kernel expects.
@@ -237,6 +239,31 @@ pub struct Maps {
     pub ct_budget: MapHandle,
     pub hostflows: MapHandle,
     pub events: MapHandle,
+    pub events_lost: MapHandle,
+    pub event_limit: MapHandle,
+}
+
+/// Events the datapath could not deliver, summed over CPUs, since load.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct EventLoss {
+    /// The ring buffer had no room (no reader, or one too slow).
+    pub ring_full: u64,
+    /// Over their source's rate (EVENT_RATE_PER_SEC, bursts of EVENT_BURST).
+    pub rate_limited: u64,
+}
+
+impl EventLoss {
+    pub fn total(&self) -> u64 {
+        self.ring_full + self.rate_limited
+    }
+
+    /// What was lost since `earlier`.
+    pub fn since(&self, earlier: &EventLoss) -> EventLoss {
+        EventLoss {
+            ring_full: self.ring_full.saturating_sub(earlier.ring_full),
+            rate_limited: self.rate_limited.saturating_sub(earlier.rate_limited),
+        }
+    }
 }
 
 fn ipcache_key_of(set: u8, kind: IpcacheKind, prefix: &Cidr) -> ipcache_key {
@@ -289,6 +316,8 @@ impl Maps {
             ct_budget: open("ct_budget")?,
             hostflows: open("hostflows")?,
             events: open("events")?,
+            events_lost: open("events_lost")?,
+            event_limit: open("event_limit")?,
         })
     }
 
@@ -343,6 +372,8 @@ impl Maps {
     }
 
     pub fn remove_pod(&self, ifindex: u32) -> Result<()> {
+        let source = event_source { ifindex, ..Default::default() };
+        delete(&self.event_limit, as_bytes(&source), &format!("event rate of ifindex {ifindex}"))?;
         delete(&self.ct_budget, &ifindex.to_ne_bytes(), &format!("conntrack budget of ifindex {ifindex}"))?;
         delete(&self.pods, &ifindex.to_ne_bytes(), &format!("pod of ifindex {ifindex}"))
     }
@@ -593,6 +624,18 @@ impl Maps {
         Ok(out)
     }
 
+    /// The events lost so far.
+    pub fn events_lost(&self) -> Result<EventLoss> {
+        let mut sum = EventLoss::default();
+        let per_cpu = self.events_lost.lookup_percpu(&0u32.to_ne_bytes(), MapFlags::ANY).context("read events_lost")?;
+        for raw in per_cpu.into_iter().flatten() {
+            let l: event_loss = from_bytes(&raw);
+            sum.ring_full += l.ring_full;
+            sum.rate_limited += l.rate_limited;
+        }
+        Ok(sum)
+    }
+
     /// Tracked flows, established and new, in their original direction.
     pub fn conntrack(&self) -> Result<Vec<ConntrackEntry>> {
         let mut out = Vec::new();
@@ -710,6 +753,16 @@ pub mod event {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn event_loss_counts_only_what_came_after() {
+        let start = EventLoss { ring_full: 3, rate_limited: 10 };
+        let now = EventLoss { ring_full: 4, rate_limited: 15 };
+        assert_eq!(now.since(&start), EventLoss { ring_full: 1, rate_limited: 5 });
+        assert_eq!(now.since(&start).total(), 6);
+        // Counters restart when the maps are recreated: never negative.
+        assert_eq!(start.since(&now).total(), 0);
+    }
 
     #[test]
     fn ip_keys_round_trip_in_network_order() {
