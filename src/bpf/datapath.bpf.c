@@ -80,6 +80,20 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct ct_key);
+	__type(value, struct ct_new_value);
+} ct_new SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, struct ct_budget);
+} ct_budget SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 16384);
 	__type(key, struct ct_key);
 	__type(value, struct hostflow_value);
@@ -89,6 +103,20 @@ struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 256 * 1024);
 } events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct event_loss);
+} events_lost SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct event_source);
+	__type(value, __u64);
+} event_limit SEC(".maps");
 
 /* Puts struct event into the object's BTF, so the skeleton generates the
  * Rust type the monitor decodes records with (ring buffers carry none). */
@@ -254,8 +282,14 @@ int from_pod(struct __sk_buff *skb)
 	if (p.has_na_target && !owned_by(&p.na_target, ifindex) && !ip_key_is_link_local_or_any(&p.na_target))
 		return drop(skb, &pod->addr, &p, REASON_SPOOFED_ND, COUNT_DROP_SPOOFED, DIR_FROM_POD);
 
-	if (!p.nd && policy_active(s) && !ct_policy_allows(s, &p))
-		return drop(skb, &pod->addr, &p, REASON_POLICY, COUNT_DROP_POLICY, DIR_FROM_POD);
+	if (!p.nd && policy_active(s)) {
+		int ct = ct_policy_allows(s, &p, ifindex);
+
+		if (ct == CT_DENIED)
+			return drop(skb, &pod->addr, &p, REASON_POLICY, COUNT_DROP_POLICY, DIR_FROM_POD);
+		if (ct == CT_NO_ROOM)
+			return drop(skb, &pod->addr, &p, REASON_CT_FULL, COUNT_DROP_POLICY, DIR_FROM_POD);
+	}
 
 	/* Sent traffic counts under its source, one of the pod's own
 	 * addresses (verified above); drops count under the pod's first. */
@@ -318,8 +352,11 @@ int to_pod(struct __sk_buff *skb)
 	hostflow_note(skb, &p);
 	if (!policy_active(s))
 		return TC_ACT_OK;
-	if (!ct_policy_allows(s, &p))
+	parsed = ct_policy_allows(s, &p, ifindex);
+	if (parsed == CT_DENIED)
 		return drop(skb, &pod->addr, &p, REASON_POLICY, COUNT_DROP_POLICY, DIR_TO_POD);
+	if (parsed == CT_NO_ROOM)
+		return drop(skb, &pod->addr, &p, REASON_CT_FULL, COUNT_DROP_POLICY, DIR_TO_POD);
 	if (tracing(s))
 		event_emit(skb, &p, EVENT_PASSED, REASON_NONE, DIR_TO_POD);
 	return TC_ACT_OK;

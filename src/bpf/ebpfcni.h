@@ -150,7 +150,13 @@ struct settings {
 	__u32 flags;
 };
 
-/* conntrack: LRU of allowed flows, so replies pass without rules. */
+/* conntrack and ct_new: allowed flows, so their later packets and replies
+ * pass without rules. A flow starts in ct_new (unestablished: no reply
+ * seen yet), where each pod may hold at most CT_NEW_PER_POD of its own
+ * per CT_TIMEOUT_NEW; its first reply moves it to conntrack
+ * (established). A flood of new flows therefore only ever evicts new
+ * flows, never an established one. Entries expire by protocol and state,
+ * checked on lookup against last_seen_ns. */
 struct ct_key {
 	struct ip_key src;
 	struct ip_key dst;
@@ -160,9 +166,36 @@ struct ct_key {
 	__u8 pad[3];
 };
 
+#define CT_F_REPLIED 0x1 /* a reply was seen: established */
+#define CT_F_CLOSING 0x2 /* TCP FIN or RST seen */
+
+/* Seconds an entry lives after its last packet. */
+#define CT_TIMEOUT_NEW 10          /* no reply yet (TCP SYN, UDP, ICMP) */
+#define CT_TIMEOUT_CLOSING 10      /* TCP after FIN or RST */
+#define CT_TIMEOUT_DATAGRAM 60     /* UDP, ICMP and others with replies */
+#define CT_TIMEOUT_ESTABLISHED 21600 /* TCP with replies: 6 hours */
+/* Unestablished flows one pod (host veth) may open per CT_TIMEOUT_NEW. */
+#define CT_NEW_PER_POD 2048
+
 struct ct_value {
 	__u64 last_seen_ns;
 	__u32 generation; /* policy generation that allowed it */
+	__u8 flags;       /* CT_F_* */
+	__u8 pad[3];
+};
+
+/* ct_new values: the flow and the pod (host veth) whose budget it took. */
+struct ct_new_value {
+	struct ct_value ct;
+	__u32 owner;
+	__u32 pad;
+};
+
+/* ct_budget: per host veth, the unestablished flows it opened in the
+ * current window of CT_TIMEOUT_NEW. */
+struct ct_budget {
+	__u64 window_start_ns;
+	__u32 count;
 	__u32 pad;
 };
 
@@ -187,6 +220,27 @@ struct hostflow_value {
 #define REASON_PARSE 7
 #define REASON_ETHERTYPE 8      /* neither IPv4, IPv6 nor ARP, or VLAN tagged */
 #define REASON_ROUTER_MESSAGE 9 /* a router advertisement or redirect */
+#define REASON_CT_FULL 10       /* a new flow over its pod's conntrack budget */
+
+/* Drop events are rate limited per source (a pod's host veth for what
+ * it sends, the source address for what enters a pod): a flooding pod
+ * cannot crowd the others' events out of the ring buffer. A token bucket
+ * (GCRA: the next event's theoretical arrival time, in event_limit) of
+ * EVENT_RATE_PER_SEC with bursts of EVENT_BURST. */
+#define EVENT_RATE_PER_SEC 5
+#define EVENT_BURST 10
+
+struct event_source {
+	struct ip_key src; /* zero for what a pod sends */
+	__u32 ifindex;     /* zero for what enters a pod */
+	__u32 pad;
+};
+
+/* events_lost: per-CPU counts of the events never delivered. */
+struct event_loss {
+	__u64 ring_full;    /* the ring buffer had no room */
+	__u64 rate_limited; /* over the source's rate */
+};
 
 #define EVENT_PASSED 0
 #define EVENT_REDIRECTED 1

@@ -56,14 +56,59 @@ static __always_inline void stats_count(const struct ip_key *pod, __u32 len, enu
 	}
 }
 
+static __always_inline void event_lost(int rate_limited)
+{
+	__u32 zero = 0;
+	struct event_loss *l = bpf_map_lookup_elem(&events_lost, &zero);
+
+	if (!l)
+		return;
+	if (rate_limited)
+		l->rate_limited++;
+	else
+		l->ring_full++;
+}
+
+/* Whether the source of a drop may have one more event now. */
+static __always_inline int event_allowed(struct __sk_buff *skb, const struct packet *p, __u8 dir, __u64 now)
+{
+	const __u64 interval = 1000000000ULL / EVENT_RATE_PER_SEC;
+	struct event_source key = {};
+	__u64 *tat;
+
+	if (dir == DIR_FROM_POD)
+		key.ifindex = skb->ifindex;
+	else
+		key.src = p->src;
+	tat = bpf_map_lookup_elem(&event_limit, &key);
+	if (!tat) {
+		__u64 next = now + interval;
+
+		bpf_map_update_elem(&event_limit, &key, &next, BPF_ANY);
+		return 1;
+	}
+	if ((__s64)(*tat - now) > (__s64)((EVENT_BURST - 1) * interval))
+		return 0;
+	*tat = ((__s64)(*tat - now) > 0 ? *tat : now) + interval;
+	return 1;
+}
+
 static __always_inline void event_emit(struct __sk_buff *skb, const struct packet *p, __u8 verdict,
 				       __u8 reason, __u8 dir)
 {
-	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	__u64 now = bpf_ktime_get_ns();
+	struct event *e;
 
-	if (!e)
-		return; /* nobody reading and the buffer is full: drop the event */
-	e->ts_ns = bpf_ktime_get_ns();
+	if (verdict == EVENT_DROPPED && !event_allowed(skb, p, dir, now)) {
+		event_lost(1);
+		return;
+	}
+	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		event_lost(0); /* nobody reading and the buffer is full */
+		return;
+	}
+	e->ts_ns = now;
 	e->src = p->src;
 	e->dst = p->dst;
 	e->sport = p->sport;

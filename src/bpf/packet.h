@@ -39,7 +39,11 @@ struct packet {
 	__u8 has_na_target;
 	struct ip_key na_target; /* neighbour advertisement's target */
 	__u8 router_message;     /* a router advertisement or an ICMP redirect */
+	__u8 tcp_flags;
 };
+
+#define TCP_FIN_ 0x01
+#define TCP_RST_ 0x04
 
 /* IPv6 extension headers walked to find the real L4 header: hop-by-hop,
  * routing, fragment, destination options, authentication. A chain longer
@@ -89,6 +93,13 @@ static __always_inline int packet_parse_l4(void *l4, void *data_end, struct pack
 			return PARSE_ERROR;
 		p->sport = bpf_ntohs(ports[0]);
 		p->dport = bpf_ntohs(ports[1]);
+		if (p->proto == IPPROTO_TCP_) {
+			__u8 *tcp = l4;
+
+			if ((void *)(tcp + 14) > data_end)
+				return PARSE_ERROR;
+			p->tcp_flags = tcp[13];
+		}
 	} else if (p->proto == IPPROTO_ICMP_ || p->proto == IPPROTO_ICMPV6_) {
 		__u8 *icmp = l4;
 		__u16 id;

@@ -281,7 +281,7 @@ fn dump(args: &DumpArgs) -> Result<()> {
             )
         }
         MapName::Conntrack => {
-            let rows = maps.conntrack()?.iter().map(|c| json!({"src": c.src, "sport": c.sport, "dst": c.dst, "dport": c.dport, "proto": proto_name(c.proto), "generation": c.generation})).collect();
+            let rows = maps.conntrack()?.iter().map(|c| json!({"src": c.src, "sport": c.sport, "dst": c.dst, "dport": c.dport, "proto": proto_name(c.proto), "generation": c.generation, "established": c.established})).collect();
             emit(j, rows, &format!("{:<46} {:<46} {:<6} GEN", "SOURCE", "DESTINATION", "PROTO"), &|r: &Value| {
                 format!(
                     "{:<46} {:<46} {:<6} {}",

@@ -151,6 +151,12 @@ pub fn run(args: &MonitorArgs) -> Result<()> {
 /// signal ends it.
 fn read_events(args: &MonitorArgs, maps: &Maps, since: u64) -> Result<()> {
     let seen = std::cell::Cell::new(0u64);
+    // Events the datapath lost since the monitor started (rate limited
+    // per source, or no room in the ring buffer): in every JSON event (as
+    // of when it was read) and in a last line on stderr.
+    let lost_at_start = maps.events_lost().unwrap_or_default();
+    let lost = std::cell::Cell::new(crate::datapath::EventLoss::default());
+    let read_lost = || lost.set(maps.events_lost().unwrap_or_default().since(&lost_at_start));
     let json = args.json;
     let count = args.count;
     // Pods come and go while the monitor runs: look them up again when an
@@ -176,6 +182,8 @@ fn read_events(args: &MonitorArgs, maps: &Maps, since: u64) -> Result<()> {
             if json {
                 let mut v = serde_json::to_value(&e).unwrap_or_default();
                 v["pod"] = serde_json::json!(pod);
+                read_lost();
+                v["lost"] = serde_json::json!(lost.get().total());
                 println!("{v}");
             } else {
                 println!("{}", line(&e, &pod));
@@ -190,6 +198,16 @@ fn read_events(args: &MonitorArgs, maps: &Maps, since: u64) -> Result<()> {
         let done = || count.is_some_and(|c| seen.get() >= c);
         if STOP.load(Ordering::SeqCst) || done() || args.duration.is_some_and(|d| started.elapsed().as_secs_f64() >= d)
         {
+            read_lost();
+            let l = lost.get();
+            if l.total() > 0 {
+                eprintln!(
+                    "{} events lost ({} over their source's rate, {} with the ring buffer full)",
+                    l.total(),
+                    l.rate_limited,
+                    l.ring_full
+                );
+            }
             return Ok(());
         }
         if let Err(e) = ring.poll(Duration::from_millis(100)) {

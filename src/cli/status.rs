@@ -56,6 +56,7 @@ fn network_status(dir: &Path, name: &str) -> Result<Value> {
         "isolated_identities": maps.identity_flags()?.iter().filter(|(s, _, _)| *s == active).count(),
         "generation": settings.generation,
         "tracked_connections": maps.conntrack()?.len(),
+        "conntrack": maps.conntrack_fill()?,
         "errors": crate::policy::report::load(dir)?,
     });
     Ok(v)
@@ -166,6 +167,11 @@ fn print_table(node: &Value, features: &[datapath::Feature], pin_path: &Path) {
             p["isolated_identities"],
             p["generation"],
             p["tracked_connections"]
+        );
+        let ct = &p["conntrack"];
+        println!(
+            "  conntrack: {}/{} established, {}/{} new",
+            ct["established"], ct["established_max"], ct["new"], ct["new_max"]
         );
         for e in p["errors"].as_array().into_iter().flatten() {
             println!("  policy error: {}", e.as_str().unwrap_or(""));

@@ -22,8 +22,12 @@ pub fn maps_of(skel: &DatapathSkel<'_>) -> Result<Maps> {
         identity_flags: h(&m.identity_flags)?,
         settings: h(&m.settings)?,
         conntrack: h(&m.conntrack)?,
+        ct_new: h(&m.ct_new)?,
+        ct_budget: h(&m.ct_budget)?,
         hostflows: h(&m.hostflows)?,
         events: h(&m.events)?,
+        events_lost: h(&m.events_lost)?,
+        event_limit: h(&m.event_limit)?,
     })
 }
 

@@ -10,8 +10,9 @@ use libbpf_rs::{MapCore, MapFlags, MapHandle};
 use serde::Serialize;
 
 use super::skel::types::{
-    ct_key, ct_value, endpoint_info, identity_key, identity_reserved, ip_key, ipcache_key, ipcache_kind, ipcache_value,
-    isolation, pod_info, policy_dir, policy_key, policy_prefix, policy_value, settings, traffic_stats, verdict,
+    ct_key, ct_new_value, ct_value, endpoint_info, event_loss, event_source, identity_key, identity_reserved, ip_key,
+    ipcache_key, ipcache_kind, ipcache_value, isolation, pod_info, policy_dir, policy_key, policy_prefix, policy_value,
+    settings, traffic_stats, verdict,
 };
 use crate::ipam::Cidr;
 
@@ -45,8 +46,12 @@ pub const MAP_NAMES: &[&str] = &[
     "identity_flags",
     "settings",
     "conntrack",
+    "ct_new",
+    "ct_budget",
     "hostflows",
     "events",
+    "events_lost",
+    "event_limit",
 ];
 
 /// Views a generated map type as the bytes the kernel expects.
@@ -208,6 +213,17 @@ pub struct ConntrackEntry {
     pub proto: u8,
     pub last_seen_ns: u64,
     pub generation: u32,
+    /// A reply was seen (the entry lives in `conntrack`, else in `ct_new`).
+    pub established: bool,
+}
+
+/// How full the conntrack tables are.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ConntrackFill {
+    pub established: usize,
+    pub established_max: u32,
+    pub new: usize,
+    pub new_max: u32,
 }
 
 pub struct Maps {
@@ -219,8 +235,35 @@ pub struct Maps {
     pub identity_flags: MapHandle,
     pub settings: MapHandle,
     pub conntrack: MapHandle,
+    pub ct_new: MapHandle,
+    pub ct_budget: MapHandle,
     pub hostflows: MapHandle,
     pub events: MapHandle,
+    pub events_lost: MapHandle,
+    pub event_limit: MapHandle,
+}
+
+/// Events the datapath could not deliver, summed over CPUs, since load.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct EventLoss {
+    /// The ring buffer had no room (no reader, or one too slow).
+    pub ring_full: u64,
+    /// Over their source's rate (EVENT_RATE_PER_SEC, bursts of EVENT_BURST).
+    pub rate_limited: u64,
+}
+
+impl EventLoss {
+    pub fn total(&self) -> u64 {
+        self.ring_full + self.rate_limited
+    }
+
+    /// What was lost since `earlier`.
+    pub fn since(&self, earlier: &EventLoss) -> EventLoss {
+        EventLoss {
+            ring_full: self.ring_full.saturating_sub(earlier.ring_full),
+            rate_limited: self.rate_limited.saturating_sub(earlier.rate_limited),
+        }
+    }
 }
 
 fn ipcache_key_of(set: u8, kind: IpcacheKind, prefix: &Cidr) -> ipcache_key {
@@ -269,8 +312,12 @@ impl Maps {
             identity_flags: open("identity_flags")?,
             settings: open("settings")?,
             conntrack: open("conntrack")?,
+            ct_new: open("ct_new")?,
+            ct_budget: open("ct_budget")?,
             hostflows: open("hostflows")?,
             events: open("events")?,
+            events_lost: open("events_lost")?,
+            event_limit: open("event_limit")?,
         })
     }
 
@@ -325,6 +372,9 @@ impl Maps {
     }
 
     pub fn remove_pod(&self, ifindex: u32) -> Result<()> {
+        let source = event_source { ifindex, ..Default::default() };
+        delete(&self.event_limit, as_bytes(&source), &format!("event rate of ifindex {ifindex}"))?;
+        delete(&self.ct_budget, &ifindex.to_ne_bytes(), &format!("conntrack budget of ifindex {ifindex}"))?;
         delete(&self.pods, &ifindex.to_ne_bytes(), &format!("pod of ifindex {ifindex}"))
     }
 
@@ -533,7 +583,9 @@ impl Maps {
     /// accepts (both maps are keyed by flow); returns how many went.
     pub fn retain_conntrack(&self, keep: impl Fn(IpAddr, IpAddr) -> bool) -> Result<usize> {
         let mut n = 0;
-        for (map, what) in [(&self.conntrack, "tracked connection"), (&self.hostflows, "host flow")] {
+        for (map, what) in
+            [(&self.conntrack, "tracked connection"), (&self.ct_new, "new connection"), (&self.hostflows, "host flow")]
+        {
             // Collected first: deleting the key an iteration stands on makes
             // the kernel start over from the first key (quadratic).
             let doomed: Vec<Vec<u8>> = map
@@ -565,30 +617,58 @@ impl Maps {
                 proto: k.proto,
                 last_seen_ns: 0,
                 generation: 0,
+                established: false,
             });
         }
         out.sort_by_key(|c| (c.src, c.dst, c.sport, c.dport));
         Ok(out)
     }
 
+    /// The events lost so far.
+    pub fn events_lost(&self) -> Result<EventLoss> {
+        let mut sum = EventLoss::default();
+        let per_cpu = self.events_lost.lookup_percpu(&0u32.to_ne_bytes(), MapFlags::ANY).context("read events_lost")?;
+        for raw in per_cpu.into_iter().flatten() {
+            let l: event_loss = from_bytes(&raw);
+            sum.ring_full += l.ring_full;
+            sum.rate_limited += l.rate_limited;
+        }
+        Ok(sum)
+    }
+
+    /// Tracked flows, established and new, in their original direction.
     pub fn conntrack(&self) -> Result<Vec<ConntrackEntry>> {
         let mut out = Vec::new();
-        for key in self.conntrack.keys() {
-            let Some(raw) = self.conntrack.lookup(&key, MapFlags::ANY).context("read conntrack")? else { continue };
-            let k: ct_key = from_bytes(&key);
-            let v: ct_value = from_bytes(&raw);
-            out.push(ConntrackEntry {
-                src: key_to_ip(&k.src),
-                dst: key_to_ip(&k.dst),
-                sport: k.sport,
-                dport: k.dport,
-                proto: k.proto,
-                last_seen_ns: v.last_seen_ns,
-                generation: v.generation,
-            });
+        for (map, established) in [(&self.conntrack, true), (&self.ct_new, false)] {
+            for key in map.keys() {
+                let Some(raw) = map.lookup(&key, MapFlags::ANY).context("read conntrack")? else { continue };
+                let k: ct_key = from_bytes(&key);
+                let v: ct_value = if established { from_bytes(&raw) } else { from_bytes::<ct_new_value>(&raw).ct };
+                out.push(ConntrackEntry {
+                    src: key_to_ip(&k.src),
+                    dst: key_to_ip(&k.dst),
+                    sport: k.sport,
+                    dport: k.dport,
+                    proto: k.proto,
+                    last_seen_ns: v.last_seen_ns,
+                    generation: v.generation,
+                    established,
+                });
+            }
         }
         out.sort_by_key(|c| (c.src, c.dst, c.sport, c.dport));
         Ok(out)
+    }
+
+    /// Entries in the two conntrack tables against their sizes.
+    pub fn conntrack_fill(&self) -> Result<ConntrackFill> {
+        let count = |m: &MapHandle| m.keys().count();
+        Ok(ConntrackFill {
+            established: count(&self.conntrack),
+            established_max: self.conntrack.info().context("conntrack map info")?.info.max_entries,
+            new: count(&self.ct_new),
+            new_max: self.ct_new.info().context("ct_new map info")?.info.max_entries,
+        })
     }
 }
 
@@ -661,6 +741,7 @@ pub mod event {
                 6 => "no-endpoint",
                 8 => "ethertype",
                 9 => "router-message",
+                10 => "conntrack-full",
                 _ => "parse-error",
             },
             direction: if e.dir == 2 { "to-pod" } else { "from-pod" },
@@ -672,6 +753,16 @@ pub mod event {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn event_loss_counts_only_what_came_after() {
+        let start = EventLoss { ring_full: 3, rate_limited: 10 };
+        let now = EventLoss { ring_full: 4, rate_limited: 15 };
+        assert_eq!(now.since(&start), EventLoss { ring_full: 1, rate_limited: 5 });
+        assert_eq!(now.since(&start).total(), 6);
+        // Counters restart when the maps are recreated: never negative.
+        assert_eq!(start.since(&now).total(), 0);
+    }
 
     #[test]
     fn ip_keys_round_trip_in_network_order() {
