@@ -21,7 +21,7 @@ fn rules_sharing_a_map_key_never_overwrite_each_other() {
     if !privileged() {
         return;
     }
-    let mut net = TestNet::new("inrules", 190, json!({}));
+    let mut net = TestNet::new("in8rules", 190, json!({}));
     let (a, b) = (net.add_pod("a"), net.add_pod("b"));
     let (ip_a, ip_b) = (a.ip(4).to_string(), b.ip(4).to_string());
     let to_b = SocketAddr::new(b.ip(4), 80);
@@ -43,4 +43,111 @@ fn rules_sharing_a_map_key_never_overwrite_each_other() {
     ok(net.cli(&["policy", "delete", &twin]));
     assert!(tcp_reachable(Some(&b), Some(&a), to_b), "every deny deleted");
     assert!(!net.cli(&["policy", "delete", &twin]).status.success(), "a deleted rule is gone");
+}
+
+/// Nothing of a refused ADD stays: no lease, no veth, no link pin.
+fn nothing_left(net: &TestNet, container_id: &str) {
+    assert!(net.lease_files().is_empty(), "leases left: {:?}", net.lease_files());
+    assert!(!link_exists(&host_veth_of(container_id)), "veth left behind");
+    assert!(net.link_pins().is_empty(), "link pins left: {:?}", net.link_pins());
+}
+
+#[test]
+fn the_plugins_own_netns_is_not_a_pod() {
+    if !privileged() {
+        return;
+    }
+    let net = TestNet::new("in8ownns", 191, json!({}));
+    // The test runs in the node's namespace, as the runtime's plugin does;
+    // a name in /run/netns bound to it is the same namespace.
+    let _ = sh("ip netns del in8own 2>/dev/null");
+    ok(sh(&format!("ip netns attach in8own {}", std::process::id())));
+    struct Detach;
+    impl Drop for Detach {
+        fn drop(&mut self) {
+            let _ = sh("ip netns del in8own");
+        }
+    }
+    let _detach = Detach;
+    for path in ["/proc/self/ns/net", "/run/netns/in8own"] {
+        let id = "in8ownns-0123456789";
+        let out = net.cni("ADD", &net.conf, id, Some(path), "in8eth");
+        let err = error_json(&out);
+        assert_eq!(err["code"], 4, "{path}: {err}");
+        assert!(err["msg"].as_str().unwrap().contains("own network namespace"), "{err}");
+        nothing_left(&net, id);
+        assert!(!link_exists("in8eth"), "the node got a pod interface");
+    }
+}
+
+#[test]
+fn a_link_planted_in_the_state_directory_is_not_followed() {
+    if !privileged() {
+        return;
+    }
+    let mut net = TestNet::new("in8link", 192, json!({}));
+    let dir = net.data_dir.join(&net.name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let victim = net.data_dir.join("in8-victim");
+    std::fs::write(&victim, "untouched").unwrap();
+    std::os::unix::fs::symlink(&victim, dir.join(".last_reserved_ip.0.tmp")).unwrap();
+    let ns = net.new_netns("a");
+    let id = "in8link-0123456789";
+    let out = net.cni("ADD", &net.conf, id, Some(&format!("/run/netns/{ns}")), "eth0");
+    let err = error_json(&out);
+    assert!(err["msg"].as_str().unwrap().contains("not a regular file"), "{err}");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched", "written through the link");
+    nothing_left(&net, id);
+}
+
+#[test]
+fn a_pin_path_with_dotdot_is_refused() {
+    if !privileged() {
+        return;
+    }
+    let mut net = TestNet::new("in8pin", 193, json!({}));
+    let ns = net.new_netns("a");
+    let mut conf = net.conf.clone();
+    conf["bpfPinPath"] = json!(format!("{}/../../../tmp/in8-pins", net.pin_path.display()));
+    let out = net.cni("ADD", &conf, "in8pin-0123456789", Some(&format!("/run/netns/{ns}")), "eth0");
+    let err = error_json(&out);
+    assert_eq!(err["code"], 7, "{err}");
+    assert!(!std::path::Path::new("/tmp/in8-pins").exists());
+    nothing_left(&net, "in8pin-0123456789");
+}
+
+#[test]
+fn a_mac_another_pod_has_is_refused() {
+    if !privileged() {
+        return;
+    }
+    let mut net = TestNet::new("in8mac", 194, json!({}));
+    let mac = "02:18:19:4a:00:01";
+    let (na, nb) = (net.new_netns("a"), net.new_netns("b"));
+    let args = [("CNI_ARGS", &*format!("MAC={mac}"))];
+    let conf = net.conf.to_string();
+    let a = ok(net.cni_full(
+        "ADD",
+        conf.as_bytes(),
+        "in8mac-a-0123456789",
+        Some(&format!("/run/netns/{na}")),
+        "eth0",
+        &args,
+    ));
+    net.pods.push((na, "in8mac-a-0123456789".into(), "eth0".into()));
+    let a: serde_json::Value = serde_json::from_slice(&a.stdout).unwrap();
+    assert_eq!(a["interfaces"][2]["mac"], mac);
+    let leases = net.lease_files();
+    let id = "in8mac-b-0123456789";
+    let out = net.cni_full("ADD", conf.as_bytes(), id, Some(&format!("/run/netns/{nb}")), "eth0", &args);
+    let err = error_json(&out);
+    assert_eq!(err["code"], 4, "{err}");
+    assert!(err["msg"].as_str().unwrap().contains("already the MAC"), "{err}");
+    assert_eq!(net.lease_files(), leases, "b's lease left behind");
+    assert!(!link_exists(&host_veth_of(id)), "b's veth left behind");
+    // The same MAC in runtimeConfig: the config's error.
+    let mut rc = net.conf.clone();
+    rc["runtimeConfig"] = json!({"mac": mac});
+    let err = error_json(&net.cni("ADD", &rc, id, Some(&format!("/run/netns/{nb}")), "eth0"));
+    assert_eq!(err["code"], 7, "{err}");
 }

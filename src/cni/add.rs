@@ -19,6 +19,15 @@ use crate::policy;
 pub fn add(conf: &NetConf, env: &CniEnv) -> Result<AddResult> {
     let netns_path = env.netns.as_deref().expect("ADD requires CNI_NETNS");
     let ns = Netns::open(netns_path).map_err(|e| CniError::error(INVALID_ENV, format!("CNI_NETNS: {e:#}")))?;
+    if ns.is_own()? {
+        bail!(CniError::error(
+            INVALID_ENV,
+            format!(
+                "CNI_NETNS {} is the plugin's own network namespace (the node's), not a pod's",
+                netns_path.display()
+            )
+        ));
+    }
     let dp = Datapath::load(&conf.bpf_pin_path, &conf.name)?;
     let host = Netlink::connect()?;
     let host_if = host_veth_name(&env.container_id, &env.ifname);
@@ -72,6 +81,9 @@ fn add_in_scope<'s, 'e>(
                 ));
             }
             let mac = env.requested_mac.or(conf.requested_mac);
+            if let Some(mac) = mac {
+                refuse_mac_in_use(dp, mac, env.requested_mac.is_some())?;
+            }
             host.create_veth(host_if, &env.ifname, ns.raw_fd(), conf.mtu, mac, super::veth_group(&conf.name))?;
             undo.push(format!("delete veth {host_if}"), || host.delete_link(host_if).map(drop));
             host.link_by_name(host_if)?.ok_or_else(|| anyhow!("veth {host_if} vanished"))?
@@ -148,6 +160,20 @@ fn add_in_scope<'s, 'e>(
     undo.commit();
 
     Ok(build_result(conf, &bridge, &host_link, &pod_link, netns_path.display().to_string(), &allocs, routes))
+}
+
+/// A requested MAC another pod of the network already has would let this
+/// pod pass anti-spoofing as that one and steal its frames on the bridge.
+fn refuse_mac_in_use(dp: &Datapath, mac: [u8; 6], from_env: bool) -> Result<()> {
+    if let Some(other) = dp.maps.pods()?.into_iter().find(|p| p.mac == mac) {
+        let (code, source) =
+            if from_env { (INVALID_ENV, "CNI_ARGS MAC") } else { (INVALID_CONFIG, "runtimeConfig.mac") };
+        bail!(CniError::error(
+            code,
+            format!("{source} {} is already the MAC of the pod at {}: a MAC is one pod's", mac_string(mac), other.addr)
+        ));
+    }
+    Ok(())
 }
 
 /// A pod gets one address per range set (per family): asking for two of
