@@ -151,3 +151,82 @@ fn a_mac_another_pod_has_is_refused() {
     let err = error_json(&net.cni("ADD", &rc, id, Some(&format!("/run/netns/{nb}")), "eth0"));
     assert_eq!(err["code"], 7, "{err}");
 }
+
+#[test]
+fn concurrent_adds_of_one_attachment_leave_it_whole() {
+    if !privileged() {
+        return;
+    }
+    let mut net = TestNet::new("in8race", 195, json!({}));
+    // The second ADD starts at different points of the first's work.
+    for (round, delay) in [0u64, 20, 40, 60, 90, 130, 180].into_iter().enumerate() {
+        let ns = net.new_netns(&format!("p{round}"));
+        let id = format!("in8race-{round}-0123456789");
+        let path = format!("/run/netns/{ns}");
+        let outs: Vec<std::process::Output> = std::thread::scope(|s| {
+            let first = s.spawn(|| net.cni("ADD", &net.conf, &id, Some(&path), "eth0"));
+            std::thread::sleep(std::time::Duration::from_millis(delay));
+            let second = s.spawn(|| net.cni("ADD", &net.conf, &id, Some(&path), "eth0"));
+            vec![first.join().unwrap(), second.join().unwrap()]
+        });
+        net.pods.push((ns.clone(), id.clone(), "eth0".into()));
+        let results: Vec<serde_json::Value> =
+            outs.iter().filter(|o| o.status.success()).map(|o| serde_json::from_slice(&o.stdout).unwrap()).collect();
+        assert!(
+            !results.is_empty(),
+            "both ADDs failed: {:?}",
+            outs.iter().map(|o| String::from_utf8_lossy(&o.stderr)).collect::<Vec<_>>()
+        );
+        for o in outs.iter().filter(|o| !o.status.success()) {
+            error_json(o);
+        }
+        if results.len() == 2 {
+            assert_eq!(results[0]["ips"], results[1]["ips"], "two answers for one attachment");
+        }
+        let pod = Pod { netns: ns, container_id: id.clone(), ifname: "eth0".into(), result: results[0].clone() };
+        assert_whole(&net, &pod, &format!("round {round}"));
+        assert_eq!(net.lease_files().len(), round + 1, "one lease per pod");
+    }
+}
+
+/// The pod has its lease, its programs (a spoofed source is dropped and
+/// counted), its endpoint and pod entries.
+fn assert_whole(net: &TestNet, pod: &Pod, when: &str) {
+    let ip = pod.ip(4);
+    let veth = pod.host_veth();
+    assert!(net.lease_files().contains(&ip.to_string()), "{when}: lease gone: {:?}", net.lease_files());
+    assert!(net.link_pins().contains(&veth), "{when}: from_pod detached: {:?}", net.link_pins());
+    assert!(net.dump("endpoints").iter().any(|e| e["ip"] == json!(ip)), "{when}: endpoint gone");
+    assert!(
+        net.dump("pods").iter().any(|p| p["addr"] == json!(ip) || p["ip"] == json!(ip)),
+        "{when}: pod entry gone: {:?}",
+        net.dump("pods")
+    );
+    let before = net.stats_of(ip)["drop_spoofed"].as_u64().unwrap_or(0);
+    let gw_mac = parse_mac(std::fs::read_to_string(format!("/sys/class/net/{}/address", net.bridge)).unwrap().trim());
+    let spoofed = std::net::Ipv4Addr::new(10, 251, 0, 250);
+    let gw = match net.conf["subnet"].as_str().unwrap().split('/').next().unwrap().parse::<std::net::Ipv4Addr>() {
+        Ok(n) => std::net::Ipv4Addr::from(u32::from(n) + 1),
+        Err(_) => unreachable!(),
+    };
+    pod.send_frame(icmp_frame(gw_mac, pod.mac(), spoofed, gw));
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(net.stats_of(ip)["drop_spoofed"].as_u64().unwrap_or(0), before + 1, "{when}: spoofing not stopped");
+}
+
+#[test]
+fn a_failed_retry_of_an_add_undoes_only_its_own_work() {
+    if !privileged() {
+        return;
+    }
+    let mut net = TestNet::new("in8retry", 196, json!({}));
+    let pod = net.add_pod("a");
+    // The same attachment again, with a config that fails late: a new
+    // lease in another subnet, then the bridge's gateway clash.
+    let mut other = net.conf.clone();
+    other["subnet"] = json!("10.251.197.0/24");
+    let err = error_json(&net.again("ADD", &other, &pod));
+    assert!(err["msg"].as_str().unwrap().contains("bridge"), "{err}");
+    assert_eq!(net.lease_files(), [pod.ip(4).to_string()], "the retry's lease stayed or the first's went");
+    assert_whole(&net, &pod, "after the failed retry");
+}
