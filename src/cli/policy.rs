@@ -72,10 +72,9 @@ pub fn run(cmd: PolicyCommand) -> Result<()> {
         PolicyCommand::Delete { rule, target } => {
             let (dir, maps) = target.open()?;
             let _lock = lock_dir(&dir)?;
-            if !policy::delete_rule(&maps, rule)? {
+            if !policy::delete_rule(&maps, &RuleBook::open(&dir)?, rule)? {
                 bail!("no rule {rule}");
             }
-            RuleBook::open(&dir)?.remove(rule)?;
             println!("deleted rule {rule}");
             Ok(())
         }
@@ -167,8 +166,7 @@ fn add(args: &RuleArgs, deny: bool) -> Result<()> {
     let rule = rule(args, deny)?;
     let (dir, maps) = args.target.open()?;
     let _lock = lock_dir(&dir)?;
-    let id = policy::add_rule(&maps, &rule)?;
-    RuleBook::open(&dir)?.put(id, &policy::rule_text(&rule))?;
+    let id = policy::add_rule(&maps, &RuleBook::open(&dir)?, &rule)?;
     let port = if rule.port == 0 { String::new() } else { format!(" port {}", rule.port) };
     println!(
         "rule {id}: {} {} -> {} {}{port}",

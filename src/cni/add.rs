@@ -12,13 +12,24 @@ use super::host_veth_name;
 use super::result::{ip_config, mac_string, AddResult, Interface, RouteJson};
 use super::undo::Undo;
 use crate::datapath::{self, Attached, Datapath, EndpointEntry, PodEntry};
-use crate::ipam::{self, Allocation, Cidr, DiskStore};
+use crate::ipam::{self, Allocation, Cidr, DiskStore, LeaseStore};
 use crate::netlink::{Link, Netlink, Netns};
 use crate::policy;
 
 pub fn add(conf: &NetConf, env: &CniEnv) -> Result<AddResult> {
     let netns_path = env.netns.as_deref().expect("ADD requires CNI_NETNS");
     let ns = Netns::open(netns_path).map_err(|e| CniError::error(INVALID_ENV, format!("CNI_NETNS: {e:#}")))?;
+    if ns.is_own()? {
+        bail!(CniError::error(
+            INVALID_ENV,
+            format!(
+                "CNI_NETNS {} is the plugin's own network namespace (the node's), not a pod's",
+                netns_path.display()
+            )
+        ));
+    }
+    // Held to the end: a concurrent ADD or DEL of this attachment waits.
+    let _attachment = super::attach_lock::lock(&conf.data_dir, &conf.name, &env.container_id, &env.ifname)?;
     let dp = Datapath::load(&conf.bpf_pin_path, &conf.name)?;
     let host = Netlink::connect()?;
     let host_if = host_veth_name(&env.container_id, &env.ifname);
@@ -58,6 +69,10 @@ fn add_in_scope<'s, 'e>(
             host_link = None;
         }
     }
+    // What an earlier ADD of this attachment made is not this one's to
+    // undo: only a veth created here takes its attachment and entries
+    // with it when this ADD fails.
+    let fresh = host_link.is_none();
     let host_link = match host_link {
         Some(link) => link,
         None => {
@@ -72,6 +87,9 @@ fn add_in_scope<'s, 'e>(
                 ));
             }
             let mac = env.requested_mac.or(conf.requested_mac);
+            if let Some(mac) = mac {
+                refuse_mac_in_use(dp, mac, env.requested_mac.is_some())?;
+            }
             host.create_veth(host_if, &env.ifname, ns.raw_fd(), conf.mtu, mac, super::veth_group(&conf.name))?;
             undo.push(format!("delete veth {host_if}"), || host.delete_link(host_if).map(drop));
             host.link_by_name(host_if)?.ok_or_else(|| anyhow!("veth {host_if} vanished"))?
@@ -80,22 +98,28 @@ fn add_in_scope<'s, 'e>(
 
     let ifindex = host_link.index;
     *attaching.borrow_mut() = Some(scope.spawn(move || dp.attach(host_if, ifindex, conf.attach_mode)));
-    undo.push(format!("detach from {host_if}"), || {
-        if let Some(pending) = attaching.borrow_mut().take() {
+    let pending_attach = &attaching;
+    undo.push(format!("detach from {host_if}"), move || {
+        if let Some(pending) = pending_attach.borrow_mut().take() {
             let _ = pending.join();
         }
-        datapath::detach(&dp.dir, host_if)
+        if fresh {
+            datapath::detach(&dp.dir, host_if)?;
+        }
+        Ok(())
     });
 
-    let allocs = {
+    let (allocs, held) = {
         let mut store = DiskStore::open(&conf.data_dir, &conf.name)?;
         let requested: Vec<IpAddr> = conf.requested_ips.iter().chain(&env.requested_ips).copied().collect();
         one_request_per_set(conf, &requested)?;
-        ipam::allocate(&mut store, &conf.rangesets, &env.container_id, &env.ifname, &requested)?
+        let held: Vec<IpAddr> = store.leases_of(&env.container_id, &env.ifname)?.iter().map(|l| l.ip).collect();
+        (ipam::allocate(&mut store, &conf.rangesets, &env.container_id, &env.ifname, &requested)?, held)
     };
-    undo.push("release addresses", || {
+    let leased_now: Vec<IpAddr> = allocs.iter().map(|a| a.address.addr).filter(|ip| !held.contains(ip)).collect();
+    undo.push("release addresses", move || {
         let mut store = DiskStore::open(&conf.data_dir, &conf.name)?;
-        ipam::release(&mut store, &env.container_id, &env.ifname).map(drop)
+        leased_now.iter().try_for_each(|ip| store.release(*ip))
     });
 
     let bridge = ensure_bridge(host, conf, &allocs)?;
@@ -124,7 +148,9 @@ fn add_in_scope<'s, 'e>(
     let pod_mac = pod_link.mac.ok_or_else(|| anyhow!("{} has no MAC address", env.ifname))?;
     for a in &allocs {
         let ip = a.address.addr;
-        undo.push(format!("remove endpoint {ip}"), move || dp.maps.remove_endpoint(ip));
+        if fresh {
+            undo.push(format!("remove endpoint {ip}"), move || dp.maps.remove_endpoint(ip));
+        }
         dp.maps.put_endpoint(&EndpointEntry { ip, ifindex: host_link.index, mac: pod_mac, flags })?;
     }
     // The pod's identity for policy and its entry for anti-spoofing: both
@@ -135,19 +161,37 @@ fn add_in_scope<'s, 'e>(
         let _lock = datapath::lock_dir(&dp.dir)?;
         policy::set_default_deny(maps, conf.default_deny)?;
         let owned = ips.clone();
-        undo.push("unregister pod from policy", move || {
-            let _lock = datapath::lock_dir(&dp.dir)?;
-            policy::unregister_pod(maps, &owned)
-        });
+        if fresh {
+            undo.push("unregister pod from policy", move || {
+                let _lock = datapath::lock_dir(&dp.dir)?;
+                policy::unregister_pod(maps, &owned)
+            });
+        }
         policy::register_pod(maps, &ips, host_link.index)?;
     }
     let ifindex = host_link.index;
-    undo.push("remove pod entry", move || maps.remove_pod(ifindex));
+    if fresh {
+        undo.push("remove pod entry", move || maps.remove_pod(ifindex));
+    }
     maps.put_pod(&PodEntry { ifindex, addr: allocs[0].address.addr, mac: pod_mac })?;
     host.set_up(host_link.index)?;
     undo.commit();
 
     Ok(build_result(conf, &bridge, &host_link, &pod_link, netns_path.display().to_string(), &allocs, routes))
+}
+
+/// A requested MAC another pod of the network already has would let this
+/// pod pass anti-spoofing as that one and steal its frames on the bridge.
+fn refuse_mac_in_use(dp: &Datapath, mac: [u8; 6], from_env: bool) -> Result<()> {
+    if let Some(other) = dp.maps.pods()?.into_iter().find(|p| p.mac == mac) {
+        let (code, source) =
+            if from_env { (INVALID_ENV, "CNI_ARGS MAC") } else { (INVALID_CONFIG, "runtimeConfig.mac") };
+        bail!(CniError::error(
+            code,
+            format!("{source} {} is already the MAC of the pod at {}: a MAC is one pod's", mac_string(mac), other.addr)
+        ));
+    }
+    Ok(())
 }
 
 /// A pod gets one address per range set (per family): asking for two of

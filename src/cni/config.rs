@@ -246,6 +246,11 @@ impl NetConf {
 
     fn from_raw(raw: RawConf) -> Result<Self> {
         validate_network_name(&raw.name)?;
+        for (field, path) in [("bpfPinPath", &raw.bpf_pin_path), ("dataDir", &raw.data_dir)] {
+            if let Some(p) = path {
+                validate_state_path(field, p)?;
+            }
+        }
         let bridge = raw.bridge.unwrap_or_else(|| DEFAULT_BRIDGE.to_string());
         super::env::validate_ifname(&bridge)
             .map_err(|_| invalid(format!("bridge {bridge:?} is not a valid interface name")))?;
@@ -349,6 +354,16 @@ impl NetConf {
             no_masquerade,
         })
     }
+}
+
+/// State paths are absolute and name their directory directly: a `..`
+/// would step out of the checked bpffs or data directory.
+fn validate_state_path(field: &str, path: &std::path::Path) -> Result<()> {
+    use std::path::Component;
+    if !path.is_absolute() || path.components().any(|c| matches!(c, Component::ParentDir)) {
+        bail!(invalid(format!("{field} {:?} must be an absolute path without \"..\"", path.display().to_string())));
+    }
+    Ok(())
 }
 
 /// A route's gateway must be on the pod's link, inside one of its subnets:
@@ -506,6 +521,8 @@ mod tests {
         assert_eq!(code(&base(r#","subnnet":"10.1.0.0/24""#)), INVALID_CONFIG);
         assert_eq!(code(&base(r#","mtu":"big""#)), INVALID_CONFIG);
         assert_eq!(code(&base(r#","attachMode":"xdp""#)), INVALID_CONFIG);
+        assert_eq!(code(&base(r#","bpfPinPath":"/sys/fs/bpf/../../tmp/x""#)), INVALID_CONFIG);
+        assert_eq!(code(&base(r#","dataDir":"/var/lib/cni/../../etc""#)), INVALID_CONFIG);
         assert_eq!(
             code(r#"{"cniVersion":"1.0.0","name":"n","type":"ebpfcni","subnet":"10.1.0.0/33"}"#),
             INVALID_CONFIG

@@ -14,6 +14,7 @@ use crate::netlink::Netlink;
 use crate::policy;
 
 pub fn del(conf: &NetConf, env: &CniEnv) -> Result<Vec<IpAddr>> {
+    let _attachment = super::attach_lock::lock(&conf.data_dir, &conf.name, &env.container_id, &env.ifname)?;
     let host_if = host_veth_name(&env.container_id, &env.ifname);
     let host = Netlink::connect()?;
     let host_link = host.link_by_name(&host_if)?;

@@ -3,6 +3,7 @@
 //! stdout. Diagnostics go to stderr and, when configured, `logFile`.
 
 mod add;
+mod attach_lock;
 mod check;
 pub mod config;
 mod del;

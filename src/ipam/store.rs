@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use nix::fcntl::{Flock, FlockArg};
 
 /// Who holds an address.
@@ -69,6 +69,7 @@ impl DiskStore {
             .truncate(false)
             .write(true)
             .mode(0o600)
+            .custom_flags(nix::libc::O_NOFOLLOW)
             .open(&lock_path)
             .with_context(|| format!("open {}", lock_path.display()))?;
         let lock = Flock::lock(file, FlockArg::LockExclusive)
@@ -79,6 +80,33 @@ impl DiskStore {
 
     fn lease_path(&self, ip: IpAddr) -> PathBuf {
         self.dir.join(ip.to_string())
+    }
+
+    /// `last_reserved_ip.<n>` through a private file created O_EXCL (which
+    /// never follows a link) and renamed over it (which replaces a link
+    /// rather than writing through it). A link planted at the private
+    /// name is refused, not followed or removed.
+    fn write_last_reserved(&self, rangeset: usize, ip: IpAddr) -> Result<()> {
+        let last = self.dir.join(format!("{LAST_RESERVED}{rangeset}"));
+        let tmp = self.dir.join(format!(".{LAST_RESERVED}{rangeset}.tmp"));
+        match fs::symlink_metadata(&tmp) {
+            Ok(m) if !m.file_type().is_file() => bail!(
+                "{} is not a regular file (a link planted in the state directory?): refusing to write through it",
+                tmp.display()
+            ),
+            // Left by a process killed before its rename.
+            Ok(_) => fs::remove_file(&tmp).with_context(|| format!("remove stale {}", tmp.display()))?,
+            Err(_) => {}
+        }
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .mode(0o644)
+            .open(&tmp)
+            .and_then(|mut f| f.write_all(ip.to_string().as_bytes()))
+            .with_context(|| format!("write {}", tmp.display()))?;
+        fs::rename(&tmp, &last).with_context(|| format!("write {}", last.display()))
     }
 
     fn sync_dir(&self) -> Result<()> {
@@ -115,6 +143,7 @@ impl LeaseStore for DiskStore {
         let written = OpenOptions::new()
             .write(true)
             .create_new(true)
+            .custom_flags(nix::libc::O_NOFOLLOW)
             .mode(0o644)
             .open(&tmp)
             .and_then(|mut f| f.write_all(content.as_bytes()).and_then(|()| f.sync_all()));
@@ -129,11 +158,11 @@ impl LeaseStore for DiskStore {
             Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(false),
             Err(e) => return Err(e).with_context(|| format!("create lease {}", path.display())),
         }
-        let last = self.dir.join(format!("{LAST_RESERVED}{rangeset}"));
-        let tmp = self.dir.join(format!(".{LAST_RESERVED}{rangeset}.tmp"));
-        fs::write(&tmp, lease.ip.to_string())
-            .and_then(|()| fs::rename(&tmp, &last))
-            .with_context(|| format!("write {}", last.display()))?;
+        if let Err(e) = self.write_last_reserved(rangeset, lease.ip) {
+            // Leave nothing behind: the address is free again.
+            let _ = fs::remove_file(&path);
+            return Err(e);
+        }
         self.sync_dir()?;
         Ok(true)
     }
@@ -296,6 +325,25 @@ mod tests {
         store.release("10.0.0.3".parse().unwrap()).unwrap(); // already gone is fine
         assert!(!root.join("n/10.0.0.3").exists());
         drop(store);
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn planted_links_are_never_written_through() {
+        let root = tempdir("in8-link");
+        let victim = root.join("victim");
+        fs::create_dir_all(root.join("n")).unwrap();
+        fs::write(&victim, "untouched").unwrap();
+        std::os::unix::fs::symlink(&victim, root.join("n/.last_reserved_ip.0.tmp")).unwrap();
+        let mut store = DiskStore::open(&root, "n").unwrap();
+        let err = store.reserve(&lease("10.0.0.2", "abc"), 0).unwrap_err();
+        assert!(format!("{err:#}").contains("not a regular file"), "{err:#}");
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "untouched");
+        assert!(!store.is_taken("10.0.0.2".parse().unwrap()).unwrap(), "the lease was left behind");
+        drop(store);
+        fs::remove_file(root.join("n/lock")).unwrap();
+        std::os::unix::fs::symlink(&victim, root.join("n/lock")).unwrap();
+        assert!(DiskStore::open(&root, "n").is_err(), "the lock file is opened through a link");
         fs::remove_dir_all(&root).unwrap();
     }
 

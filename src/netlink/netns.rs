@@ -43,6 +43,15 @@ impl Netns {
         Ok(Netns { file, path: path.to_path_buf() })
     }
 
+    /// Whether this is the namespace the plugin itself runs in (the node's,
+    /// for a runtime's plugin): never a pod's.
+    pub fn is_own(&self) -> Result<bool> {
+        use std::os::unix::fs::MetadataExt;
+        let own = std::fs::metadata("/proc/self/ns/net").context("stat /proc/self/ns/net")?;
+        let this = self.file.metadata().with_context(|| format!("stat {}", self.path.display()))?;
+        Ok(own.dev() == this.dev() && own.ino() == this.ino())
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -77,7 +77,7 @@ pub fn apply(maps: &Maps, new: &PolicySet) -> Result<()> {
     // The datapath reads the longest matching entry only: an entry
     // covered by a deny carries the deny (explicit deny wins).
     let denies: Vec<&Entry> = new.entries.iter().filter(|e| e.deny).collect();
-    for e in &new.entries {
+    for e in one_per_key(&new.entries) {
         let shadowed = !e.deny && denies.iter().any(|d| e.covered_by(d));
         maps.put_policy(&e.to_map(next, shadowed))?;
     }
@@ -93,6 +93,25 @@ pub fn apply(maps: &Maps, new: &PolicySet) -> Result<()> {
     maps.put_settings(&s)?; // the switch: one map update
     std::thread::sleep(GRACE);
     clear_set(maps, old)
+}
+
+/// Entries of different rules may share a map key: the key holds one,
+/// a deny when any of them denies (explicit deny wins), never whichever
+/// was written last.
+fn one_per_key(entries: &std::collections::BTreeSet<Entry>) -> Vec<Entry> {
+    let mut by_key: std::collections::BTreeMap<_, Entry> = std::collections::BTreeMap::new();
+    for e in entries {
+        let key = (e.dir, e.subject, e.peer, e.proto, e.port, e.port_bits);
+        by_key
+            .entry(key)
+            .and_modify(|kept| {
+                if e.deny && !kept.deny {
+                    *kept = *e;
+                }
+            })
+            .or_insert(*e);
+    }
+    by_key.into_values().collect()
 }
 
 /// Records the network's default action (from its config) at every ADD.

@@ -16,7 +16,9 @@ use serde::Serialize;
 
 use super::ports::block_end;
 use super::{apply, current, Entry, PolicySet};
-use crate::datapath::{proto_name, Direction, Maps, IDENTITY_ANY, IDENTITY_CIDR_MIN, IDENTITY_HOST, IDENTITY_WORLD};
+use crate::datapath::{
+    proto_name, proto_number, Direction, Maps, RuleBook, IDENTITY_ANY, IDENTITY_CIDR_MIN, IDENTITY_HOST, IDENTITY_WORLD,
+};
 use crate::ipam::Cidr;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,15 +104,11 @@ fn subjects_for(set: &mut PolicySet, peer: Peer) -> Vec<u32> {
     ids
 }
 
-/// Adds the rule to the active set; returns its number.
-pub fn add_rule(maps: &Maps, rule: &Rule) -> Result<u32> {
-    if rule.port != 0 && !matches!(rule.proto, 6 | 17 | 132) {
-        bail!("a port needs --proto tcp, udp or sctp");
-    }
-    let mut set = current(maps)?;
-    let id = set.entries.iter().map(|e| e.rule).max().unwrap_or(0) + 1;
-    let (src_peers, dst_peers) = (identities_for(&mut set, rule.src), identities_for(&mut set, rule.dst));
-    let (src_subjects, dst_subjects) = (subjects_for(&mut set, rule.src), subjects_for(&mut set, rule.dst));
+/// The entries of one hand-made rule numbered `id`, added to `set` (with
+/// the CIDR identities it needs).
+fn expand(set: &mut PolicySet, id: u32, rule: &Rule) {
+    let (src_peers, dst_peers) = (identities_for(set, rule.src), identities_for(set, rule.dst));
+    let (src_subjects, dst_subjects) = (subjects_for(set, rule.src), subjects_for(set, rule.dst));
     let base = Entry {
         dir: Direction::Egress,
         subject: 0,
@@ -131,8 +129,64 @@ pub fn add_rule(maps: &Maps, rule: &Rule) -> Result<u32> {
             set.entries.insert(Entry { dir: Direction::Ingress, subject: *d, peer: *s, ..base });
         }
     }
-    apply(maps, &set)?;
+}
+
+/// The hand-made rules of the rule book (synced ones carry a name and
+/// live in the maps only).
+fn hand_made(book: &RuleBook) -> Result<Vec<(u32, Rule)>> {
+    Ok(book.all()?.into_iter().filter_map(|(id, text)| Rule::from_text(&text).map(|r| (id, r))).collect())
+}
+
+/// The active set with every hand-made rule's entries derived anew from
+/// the whole book: rules whose entries share a map key never overwrite
+/// each other (the key holds the strongest verdict, see `apply`), and
+/// removing one leaves the others whole.
+fn rebuild(maps: &Maps, rules: &[(u32, Rule)], forget: &[u32]) -> Result<()> {
+    let mut set = current(maps)?;
+    set.entries.retain(|e| !forget.contains(&e.rule) && !rules.iter().any(|(id, _)| *id == e.rule));
+    // A CIDR's identity lives as long as some rule names it.
+    let named: std::collections::BTreeSet<u32> = set.entries.iter().flat_map(|e| [e.subject, e.peer]).collect();
+    set.cidrs.retain(|_, identity| named.contains(identity));
+    for (id, rule) in rules {
+        expand(&mut set, *id, rule);
+    }
+    apply(maps, &set)
+}
+
+/// Adds the rule to the rule book and the active set; returns its number.
+/// The caller holds the pin directory's lock.
+pub fn add_rule(maps: &Maps, book: &RuleBook, rule: &Rule) -> Result<u32> {
+    if rule.port != 0 && !matches!(rule.proto, 6 | 17 | 132) {
+        bail!("a port needs --proto tcp, udp or sctp");
+    }
+    let in_maps = current(maps)?.entries.iter().map(|e| e.rule).max().unwrap_or(0);
+    let in_book = book.all()?.iter().map(|(r, _)| *r).max().unwrap_or(0);
+    let id = in_maps.max(in_book) + 1;
+    let mut rules = hand_made(book)?;
+    rules.push((id, rule.clone()));
+    book.put(id, &rule_text(rule))?;
+    if let Err(e) = rebuild(maps, &rules, &[]) {
+        let _ = book.remove(id);
+        return Err(e);
+    }
     Ok(id)
+}
+
+impl Rule {
+    /// A hand-made rule back from its `rule_text`; None for synced rows.
+    fn from_text(text: &str) -> Option<Rule> {
+        let v: serde_json::Value = serde_json::from_str(text).ok()?;
+        if v.get("name").is_some() {
+            return None;
+        }
+        Some(Rule {
+            src: v["src"].as_str()?.parse().ok()?,
+            dst: v["dst"].as_str()?.parse().ok()?,
+            proto: proto_number(v["proto"].as_str()?)?,
+            port: u16::try_from(v["port"].as_u64()?).ok()?,
+            deny: v["verdict"].as_str()? == "deny",
+        })
+    }
 }
 
 /// How `policy list` shows a hand-made rule: as the operator typed it.
@@ -166,7 +220,7 @@ pub struct RuleRow {
 /// active set's entries.
 pub fn list_rules(maps: &Maps, book: &[(u32, String)]) -> Result<Vec<RuleRow>> {
     let set = current(maps)?;
-    let mut numbers: Vec<u32> = set.entries.iter().map(|e| e.rule).collect();
+    let mut numbers: Vec<u32> = set.entries.iter().map(|e| e.rule).chain(book.iter().map(|(r, _)| *r)).collect();
     numbers.sort();
     numbers.dedup();
     let mut rows = Vec::new();
@@ -199,18 +253,16 @@ pub fn list_rules(maps: &Maps, book: &[(u32, String)]) -> Result<Vec<RuleRow>> {
     Ok(rows)
 }
 
-/// Removes every entry of rule `id`; false when there was none.
-pub fn delete_rule(maps: &Maps, id: u32) -> Result<bool> {
-    let mut set = current(maps)?;
-    let before = set.entries.len();
-    set.entries.retain(|e| e.rule != id);
-    if set.entries.len() == before {
+/// Removes rule `id` from the book and every entry of it from the active
+/// set; false when there was no such rule. The caller holds the lock.
+pub fn delete_rule(maps: &Maps, book: &RuleBook, id: u32) -> Result<bool> {
+    let booked = book.all()?.iter().any(|(r, _)| *r == id);
+    let mapped = current(maps)?.entries.iter().any(|e| e.rule == id);
+    if !booked && !mapped {
         return Ok(false);
     }
-    // A CIDR's identity lives as long as some rule names it.
-    let named: std::collections::BTreeSet<u32> = set.entries.iter().flat_map(|e| [e.subject, e.peer]).collect();
-    set.cidrs.retain(|_, identity| named.contains(identity));
-    apply(maps, &set)?;
+    book.remove(id)?;
+    rebuild(maps, &hand_made(book)?, &[id])?;
     Ok(true)
 }
 

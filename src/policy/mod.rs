@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 pub use apply::{apply, current, pod_addresses, register_pod, set_default_deny, set_trace_flows, unregister_pod};
-pub use manual::{add_rule, delete_rule, describe, list_rules, rule_text, Rule};
+pub use manual::{add_rule, delete_rule, describe, list_rules, Rule};
 pub use ports::port_blocks;
 
 use crate::datapath::{Direction, PolicyEntry, Verdict};

@@ -78,6 +78,11 @@ fn pod_info(pod: Pod) -> Option<PodInfo> {
         return None; // the node's address, not a pod's
     }
     let status = pod.status.unwrap_or_default();
+    // A finished pod's address is free to be reused by another pod: it
+    // must not lend that one its labels.
+    if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
+        return None;
+    }
     let mut ips: Vec<IpAddr> =
         status.pod_ips.into_iter().flatten().filter_map(|i| i.ip.parse().ok()).collect::<Vec<_>>();
     if ips.is_empty() {
@@ -198,5 +203,22 @@ mod tests {
         assert_eq!((o.broken[0].namespace.as_str(), o.broken[0].name.as_str()), ("y", "bad"));
         assert!(o.broken[0].pod_selector.is_some());
         assert!(parse(&json!({"kind": "Pod"})).is_err());
+    }
+
+    #[test]
+    fn finished_pods_and_pods_without_an_address_lend_no_labels() {
+        let pod = |name: &str, phase: &str, status_ip: Value| {
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"app": name}},
+                   "spec": {"containers": []}, "status": {"phase": phase, "podIP": status_ip}})
+        };
+        let input = json!({"kind": "List", "items": [
+            pod("done", "Succeeded", json!("10.0.0.7")),
+            pod("crashed", "Failed", json!("10.0.0.7")),
+            pod("pending", "Pending", Value::Null),
+            pod("running", "Running", json!("10.0.0.7")),
+        ]});
+        let o = parse(&input).unwrap();
+        assert_eq!(o.pods.len(), 1, "only the running pod holds 10.0.0.7");
+        assert_eq!(o.pods[0].labels["app"], "running");
     }
 }
