@@ -215,3 +215,133 @@ fn a_flood_of_drops_from_one_pod_leaves_room_for_the_others_events() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("events lost"), "the monitor did not report the loss: {stderr}");
 }
+
+fn dual_stack(tag: &str, id: u8, extra: Value) -> TestNet {
+    let mut conf = json!({
+        "subnet": null,
+        "ipam": {"ranges": [[{"subnet": format!("10.251.{id}.0/24")}], [{"subnet": format!("fd00:251:{id}::/64")}]]},
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        conf[k] = v.clone();
+    }
+    TestNet::new(tag, id, conf)
+}
+
+/// Captures on `pod`'s eth0 for `secs` seconds; for each Python
+/// expression of `p` in `filters`, how many frames matched.
+fn capture(pod: &Pod, filters: &[&str], secs: u32) -> std::thread::JoinHandle<Vec<u64>> {
+    let counts: Vec<String> = filters.iter().map(|f| format!("len([p for p in pk if {f}])")).collect();
+    let script = format!(
+        "from scapy.all import *\nconf.verb = 0\npk = sniff(iface='eth0', timeout={secs})\nprint({})",
+        counts.join(", ")
+    );
+    let child = Command::new("ip")
+        .args(["netns", "exec", &pod.netns, PYTHON, "-c", &script])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start capture");
+    std::thread::sleep(Duration::from_millis(800)); // the sniffer is up
+    std::thread::spawn(move || {
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        text.split_whitespace().map(|n| n.parse().unwrap_or_else(|_| panic!("capture: {text:?}"))).collect()
+    })
+}
+
+#[test]
+fn fragments_of_an_allowed_datagram_pass_and_only_those() {
+    if !privileged() {
+        return;
+    }
+    let mut net = dual_stack("ctfrag", 173, json!({"policy": {"defaultAction": "deny"}}));
+    let (a, b) = (net.add_pod("a"), net.add_pod("b"));
+    for family in [4, 6] {
+        allow(&net, a.ip(family), b.ip(family), "udp");
+        let (ip_a, ip_b) = (a.ip(family), b.ip(family));
+        let sock_b = b.run_in(move || UdpSocket::bind(SocketAddr::new(ip_b, 5000)).unwrap());
+        sock_b.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        // 4000 bytes over a 1500-byte MTU: three fragments.
+        let sent = a.run_in(move || {
+            let s = UdpSocket::bind(SocketAddr::new(ip_a, 0)).unwrap();
+            s.send_to(&[7u8; 4000], SocketAddr::new(ip_b, 5000)).unwrap()
+        });
+        assert_eq!(sent, 4000);
+        let mut buf = [0u8; 8192];
+        let got = sock_b.recv_from(&mut buf).map(|(n, _)| n);
+        assert_eq!(got.ok(), Some(4000), "IPv{family}: the fragmented datagram did not arrive whole");
+    }
+    // A later fragment of no allowed datagram is dropped.
+    let (mac_a, mac_b) = (mac_of(&a), mac_of(&b));
+    let seen = capture(
+        &b,
+        &["IP in p and p[IP].id == 4242", "IPv6ExtHdrFragment in p and p[IPv6ExtHdrFragment].id == 4242"],
+        3,
+    );
+    let before = counter(&net, a.ip(4), "drop_policy");
+    scapy(
+        &a,
+        &format!(
+            "e = Ether(src='{mac_a}', dst='{mac_b}')\n\
+             sendp(e/IP(src='{}', dst='{}', id=4242, frag=100, proto=17)/Raw(b'x' * 64), iface='eth0')\n\
+             sendp(e/IPv6(src='{}', dst='{}')/IPv6ExtHdrFragment(id=4242, offset=100, nh=17)/Raw(b'x' * 64), iface='eth0')",
+            a.ip(4),
+            b.ip(4),
+            a.ip(6),
+            b.ip(6)
+        ),
+    );
+    assert_eq!(seen.join().unwrap(), vec![0, 0], "a stray later fragment reached b");
+    assert_eq!(counter(&net, a.ip(4), "drop_policy") - before, 2, "{:?}", net.stats_of(a.ip(4)));
+}
+
+#[test]
+fn icmp_errors_of_tracked_flows_pass_as_related() {
+    if !privileged() {
+        return;
+    }
+    let mut net = dual_stack("cticmp", 174, json!({"policy": {"defaultAction": "deny"}}));
+    let (a, b) = (net.add_pod("a"), net.add_pod("b"));
+    let mut sockets = Vec::new();
+    for family in [4, 6] {
+        let (ip_a, ip_b) = (a.ip(family), b.ip(family));
+        let out =
+            net.cli(&["policy", "allow", &ip_a.to_string(), &ip_b.to_string(), "--proto", "udp", "--port", "5000"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        // The tracked flow a:4000 -> b:5000 (b listens: no error of its own).
+        sockets.push(b.run_in(move || UdpSocket::bind(SocketAddr::new(ip_b, 5000)).unwrap()));
+        let s = a.run_in(move || UdpSocket::bind(SocketAddr::new(ip_a, 4000)).unwrap());
+        s.send_to(b"hello", SocketAddr::new(ip_b, 5000)).unwrap();
+        sockets.push(s);
+    }
+    let (mac_a, mac_b) = (mac_of(&a), mac_of(&b));
+    let inner = |port: u16| format!("UDPerror in p and p[UDPerror].dport == {port}");
+    let seen = capture(
+        &a,
+        &[
+            &format!("ICMP in p and p[ICMP].type == 3 and {}", inner(5000)),
+            &format!("ICMP in p and {}", inner(5001)),
+            &format!("ICMPv6PacketTooBig in p and {}", inner(5000)),
+            &format!("ICMPv6PacketTooBig in p and {}", inner(5001)),
+        ],
+        3,
+    );
+    let before = counter(&net, b.ip(4), "drop_policy");
+    // From b: fragmentation needed / packet too big about a's datagram,
+    // then the same about a flow that was never allowed (port 5001).
+    let (a4, b4, a6, b6) = (a.ip(4), b.ip(4), a.ip(6), b.ip(6));
+    scapy(
+        &b,
+        &format!(
+            "e = Ether(src='{mac_b}', dst='{mac_a}')\n\
+             for port in (5000, 5001):\n\
+             \x20   sendp(e/IP(src='{b4}', dst='{a4}')/ICMP(type=3, code=4, nexthopmtu=1400)/IP(src='{a4}', dst='{b4}')/UDP(sport=4000, dport=port)/Raw(b'hello'), iface='eth0')\n\
+             \x20   sendp(e/IPv6(src='{b6}', dst='{a6}')/ICMPv6PacketTooBig(mtu=1280)/IPv6(src='{a6}', dst='{b6}')/UDP(sport=4000, dport=port)/Raw(b'hello'), iface='eth0')"
+        ),
+    );
+    assert_eq!(
+        seen.join().unwrap(),
+        vec![1, 0, 1, 0],
+        "ICMP errors seen by a: related 4, unrelated 4, related 6, unrelated 6"
+    );
+    assert_eq!(counter(&net, b.ip(4), "drop_policy") - before, 2, "{:?}", net.stats_of(b.ip(4)));
+}

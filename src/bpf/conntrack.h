@@ -76,11 +76,11 @@ static __always_inline void ct_budget_give(__u32 owner)
 		__sync_fetch_and_add(&b->count, -1);
 }
 
-/* The policy decision for a packet, with conntrack. Identities are looked
+/* The decision for a flow's packet, with conntrack. Identities are looked
  * up only when a rule must be consulted: an established flow costs one or
  * two hash lookups, a new one up to four. `owner` is the host veth whose
  * program asks: a new flow's entry counts against its budget. */
-static __always_inline int ct_policy_allows(const struct settings *s, const struct packet *p, __u32 owner)
+static __always_inline int ct_flow_allows(const struct settings *s, const struct packet *p, __u32 owner)
 {
 	__u32 set = s->active_set & 1;
 	struct ct_key key;
@@ -160,6 +160,91 @@ fresh:
 		bpf_map_update_elem(&ct_new, &key, &v, BPF_ANY);
 	}
 	return CT_ALLOWED;
+}
+
+static __always_inline int ip_key_equal(const struct ip_key *a, const struct ip_key *b)
+{
+	__u64 a0, a1, b0, b1;
+
+	__builtin_memcpy(&a0, a->addr, 8);
+	__builtin_memcpy(&a1, a->addr + 8, 8);
+	__builtin_memcpy(&b0, b->addr, 8);
+	__builtin_memcpy(&b1, b->addr + 8, 8);
+	return a0 == b0 && a1 == b1;
+}
+
+/* Whether a tracked flow's entry is there, either way round, and live. */
+static __always_inline int ct_tracked(struct ct_key *key, __u64 now)
+{
+	struct ct_value *ct = bpf_map_lookup_elem(&conntrack, key);
+	struct ct_new_value *nv;
+
+	if (ct)
+		return !ct_expired(ct, key->proto, now);
+	nv = bpf_map_lookup_elem(&ct_new, key);
+	return nv && !ct_expired(&nv->ct, key->proto, now);
+}
+
+/* An ICMP error about a packet of a tracked flow, on its way back to
+ * that packet's sender (path MTU discovery, unreachable, time exceeded). */
+static __always_inline int ct_related(const struct packet *p, __u64 now)
+{
+	struct ct_key key = {};
+
+	if (!p->inner_proto || !ip_key_equal(&p->dst, &p->inner_src))
+		return 0;
+	key.src = p->inner_src;
+	key.dst = p->inner_dst;
+	key.sport = p->inner_sport;
+	key.dport = p->inner_dport;
+	key.proto = p->inner_proto;
+	if (ct_tracked(&key, now))
+		return 1;
+	/* The quoted packet was a reply of the flow. */
+	key.src = p->inner_dst;
+	key.dst = p->inner_src;
+	key.sport = p->inner_dport;
+	key.dport = p->inner_sport;
+	return ct_tracked(&key, now);
+}
+
+static __always_inline void frag_key_of(const struct packet *p, struct frag_key *k)
+{
+	__builtin_memset(k, 0, sizeof(*k));
+	k->src = p->src;
+	k->dst = p->dst;
+	k->id = p->frag_id;
+	k->proto = p->proto;
+}
+
+/* The policy decision for a packet: later fragments go with their
+ * datagram's first, ICMP errors with the flow they are about, anything
+ * else by its flow. */
+static __always_inline int ct_policy_allows(const struct settings *s, const struct packet *p, __u32 owner)
+{
+	struct frag_key fk;
+	__u64 *seen;
+	__u64 now;
+	int verdict;
+
+	if (p->later_frag) {
+		now = bpf_ktime_get_ns();
+		frag_key_of(p, &fk);
+		seen = bpf_map_lookup_elem(&frags, &fk);
+		if (!seen || (__s64)(now - *seen) > (__s64)(FRAG_TIMEOUT * 1000000000ULL))
+			return CT_DENIED;
+		*seen = now;
+		return CT_ALLOWED;
+	}
+	if (p->icmp_error && ct_related(p, bpf_ktime_get_ns()))
+		return CT_ALLOWED;
+	verdict = ct_flow_allows(s, p, owner);
+	if (verdict == CT_ALLOWED && p->frag) {
+		now = bpf_ktime_get_ns();
+		frag_key_of(p, &fk);
+		bpf_map_update_elem(&frags, &fk, &now, BPF_ANY);
+	}
+	return verdict;
 }
 
 #endif

@@ -199,6 +199,20 @@ struct ct_budget {
 	__u32 pad;
 };
 
+/* frags: LRU of the fragmented datagrams whose first fragment policy
+ * allowed (Cilium's approach): their later fragments, which carry no
+ * ports, pass; any other later fragment is dropped. An entry lives
+ * FRAG_TIMEOUT seconds after the datagram's last fragment. */
+#define FRAG_TIMEOUT 10
+
+struct frag_key {
+	struct ip_key src;
+	struct ip_key dst;
+	__u32 id; /* IPv4 ID (16 bits) or IPv6 fragment identification */
+	__u8 proto;
+	__u8 pad[3];
+};
+
 /* hostflows: LRU of flows from a pod of this node that entered another
  * pod through the host's stack (so the host may have translated them),
  * keyed as they arrived (struct ct_key). Their replies go back through the

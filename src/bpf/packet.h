@@ -40,7 +40,26 @@ struct packet {
 	struct ip_key na_target; /* neighbour advertisement's target */
 	__u8 router_message;     /* a router advertisement or an ICMP redirect */
 	__u8 tcp_flags;
+	__u8 frag;       /* part of a fragmented datagram */
+	__u8 later_frag; /* a fragment after the first: no L4 header */
+	__u8 icmp_error; /* an ICMP/ICMPv6 error quoting the packet below */
+	__u32 frag_id;   /* IPv4 ID or IPv6 fragment identification */
+	/* The quoted packet's tuple, as its sender sent it (proto 0: none). */
+	struct ip_key inner_src;
+	struct ip_key inner_dst;
+	__u16 inner_sport;
+	__u16 inner_dport;
+	__u8 inner_proto;
 };
+
+/* ICMP errors that quote the packet they are about. */
+#define ICMP_DEST_UNREACH_ 3
+#define ICMP_TIME_EXCEEDED_ 11
+#define ICMP_PARAMETERPROB_ 12
+#define ICMPV6_DEST_UNREACH_ 1
+#define ICMPV6_PKT_TOOBIG_ 2
+#define ICMPV6_TIME_EXCEED_ 3
+#define ICMPV6_PARAMPROB_ 4
 
 #define TCP_FIN_ 0x01
 #define TCP_RST_ 0x04
@@ -118,6 +137,10 @@ static __always_inline int packet_parse_l4(void *l4, void *data_end, struct pack
 			p->sport = id;
 		else if (icmp[0] == ICMPV6_ECHO_REPLY_ && p->proto == IPPROTO_ICMPV6_)
 			p->dport = id;
+		if ((p->proto == IPPROTO_ICMP_ && (icmp[0] == ICMP_DEST_UNREACH_ || icmp[0] == ICMP_TIME_EXCEEDED_ ||
+						    icmp[0] == ICMP_PARAMETERPROB_)) ||
+		    (p->proto == IPPROTO_ICMPV6_ && icmp[0] >= ICMPV6_DEST_UNREACH_ && icmp[0] <= ICMPV6_PARAMPROB_))
+			p->icmp_error = 1;
 		if ((p->proto == IPPROTO_ICMPV6_ &&
 		     (icmp[0] == NDISC_ROUTER_ADVERTISEMENT_ || icmp[0] == NDISC_REDIRECT_)) ||
 		    (p->proto == IPPROTO_ICMP_ && icmp[0] == ICMP_REDIRECT_))
@@ -151,17 +174,21 @@ static __always_inline int ipv6_skip_ext(struct __sk_buff *skb, __u8 nh, struct 
 
 #pragma unroll
 	for (int i = 0; i < IPV6_EXT_MAX; i++) {
-		__u8 h[4];
+		__u8 h[8];
 
 		if (!ipv6_is_ext(nh))
 			break;
+		/* Every extension header is at least 8 bytes long. */
 		if (bpf_skb_load_bytes(skb, off, h, sizeof(h)) < 0)
 			return -1;
 		if (nh == IPV6_EXT_FRAGMENT) {
-			/* Bytes 2-3: offset (13 bits) and flags. */
+			/* Bytes 2-3: offset (13 bits) and flags; 4-7: the ID. */
 			nh = h[0];
 			off += 8;
+			p->frag = 1;
+			__builtin_memcpy(&p->frag_id, &h[4], 4);
 			if (((h[2] << 8) | h[3]) & 0xfff8) {
+				p->later_frag = 1;
 				p->proto = nh;
 				return 0;
 			}
@@ -174,6 +201,51 @@ static __always_inline int ipv6_skip_ext(struct __sk_buff *skb, __u8 nh, struct 
 		return -1;
 	p->proto = nh;
 	return off;
+}
+
+/* The packet an ICMP error at offset `off` quotes (its IP header and the
+ * start of its L4 header): inner_* stay zero when it is cut short. The
+ * quoted IPv6 packet's extension headers are not walked. */
+static __always_inline void icmp_error_parse(struct __sk_buff *skb, __u32 off, struct packet *p)
+{
+	__u8 l4[6];
+	__u8 proto;
+
+	off += 8; /* the ICMP header */
+	if (p->family == 4) {
+		__u8 h[20];
+		__be32 a;
+
+		if (bpf_skb_load_bytes(skb, off, h, sizeof(h)) < 0)
+			return;
+		proto = h[9];
+		__builtin_memcpy(&a, &h[12], 4);
+		ip_key_set_v4(&p->inner_src, a);
+		__builtin_memcpy(&a, &h[16], 4);
+		ip_key_set_v4(&p->inner_dst, a);
+		off += (h[0] & 0xf) * 4;
+	} else {
+		if (bpf_skb_load_bytes(skb, off + 6, &proto, 1) < 0 ||
+		    bpf_skb_load_bytes(skb, off + 8, p->inner_src.addr, 16) < 0 ||
+		    bpf_skb_load_bytes(skb, off + 24, p->inner_dst.addr, 16) < 0)
+			return;
+		off += 40;
+	}
+	if (bpf_skb_load_bytes(skb, off, l4, sizeof(l4)) < 0)
+		return;
+	if (proto == IPPROTO_TCP_ || proto == IPPROTO_UDP_ || proto == IPPROTO_SCTP_) {
+		p->inner_sport = ((__u16)l4[0] << 8) | l4[1];
+		p->inner_dport = ((__u16)l4[2] << 8) | l4[3];
+	} else if ((proto == IPPROTO_ICMP_ && l4[0] == ICMP_ECHO_) ||
+		   (proto == IPPROTO_ICMPV6_ && l4[0] == ICMPV6_ECHO_REQUEST_)) {
+		p->inner_sport = ((__u16)l4[4] << 8) | l4[5];
+	} else if ((proto == IPPROTO_ICMP_ && l4[0] == ICMP_ECHOREPLY_) ||
+		   (proto == IPPROTO_ICMPV6_ && l4[0] == ICMPV6_ECHO_REPLY_)) {
+		p->inner_dport = ((__u16)l4[4] << 8) | l4[5];
+	} else {
+		return;
+	}
+	p->inner_proto = proto;
 }
 
 /* Fills p from an Ethernet frame. */
@@ -196,10 +268,21 @@ static __always_inline int packet_parse(struct __sk_buff *skb, struct packet *p)
 		ip_key_set_v4(&p->dst, ip->daddr);
 		p->family = 4;
 		p->proto = ip->protocol;
+		if (ip->frag_off & bpf_htons(0x3fff)) { /* MF or an offset */
+			p->frag = 1;
+			p->frag_id = ip->id;
+		}
 		/* Later fragments carry no L4 header. */
-		if (ip->frag_off & bpf_htons(0x1fff))
+		if (ip->frag_off & bpf_htons(0x1fff)) {
+			p->later_frag = 1;
 			return PARSE_IP;
-		return packet_parse_l4((void *)ip + ip->ihl * 4, data_end, p);
+		}
+		off = sizeof(struct ethhdr) + ip->ihl * 4;
+		if (packet_parse_l4((void *)ip + ip->ihl * 4, data_end, p) == PARSE_ERROR)
+			return PARSE_ERROR;
+		if (p->icmp_error)
+			icmp_error_parse(skb, off, p);
+		return PARSE_IP;
 	}
 	if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr *ip6 = (void *)(eth + 1);
@@ -214,7 +297,11 @@ static __always_inline int packet_parse(struct __sk_buff *skb, struct packet *p)
 			return PARSE_ERROR;
 		if (off == 0)
 			return PARSE_IP;
-		return packet_parse_l4(data + (off & (L4_OFFSET_MAX * 2 - 1)), data_end, p);
+		if (packet_parse_l4(data + (off & (L4_OFFSET_MAX * 2 - 1)), data_end, p) == PARSE_ERROR)
+			return PARSE_ERROR;
+		if (p->icmp_error)
+			icmp_error_parse(skb, off, p);
+		return PARSE_IP;
 	}
 	return PARSE_NOT_IP;
 }

@@ -24,6 +24,7 @@ pub fn maps_of(skel: &DatapathSkel<'_>) -> Result<Maps> {
         conntrack: h(&m.conntrack)?,
         ct_new: h(&m.ct_new)?,
         ct_budget: h(&m.ct_budget)?,
+        frags: h(&m.frags)?,
         hostflows: h(&m.hostflows)?,
         events: h(&m.events)?,
         events_lost: h(&m.events_lost)?,

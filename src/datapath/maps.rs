@@ -10,9 +10,9 @@ use libbpf_rs::{MapCore, MapFlags, MapHandle};
 use serde::Serialize;
 
 use super::skel::types::{
-    ct_key, ct_new_value, ct_value, endpoint_info, event_loss, event_source, identity_key, identity_reserved, ip_key,
-    ipcache_key, ipcache_kind, ipcache_value, isolation, pod_info, policy_dir, policy_key, policy_prefix, policy_value,
-    settings, traffic_stats, verdict,
+    ct_key, ct_new_value, ct_value, endpoint_info, event_loss, event_source, frag_key, identity_key, identity_reserved,
+    ip_key, ipcache_key, ipcache_kind, ipcache_value, isolation, pod_info, policy_dir, policy_key, policy_prefix,
+    policy_value, settings, traffic_stats, verdict,
 };
 use crate::ipam::Cidr;
 
@@ -48,6 +48,7 @@ pub const MAP_NAMES: &[&str] = &[
     "conntrack",
     "ct_new",
     "ct_budget",
+    "frags",
     "hostflows",
     "events",
     "events_lost",
@@ -237,6 +238,7 @@ pub struct Maps {
     pub conntrack: MapHandle,
     pub ct_new: MapHandle,
     pub ct_budget: MapHandle,
+    pub frags: MapHandle,
     pub hostflows: MapHandle,
     pub events: MapHandle,
     pub events_lost: MapHandle,
@@ -314,6 +316,7 @@ impl Maps {
             conntrack: open("conntrack")?,
             ct_new: open("ct_new")?,
             ct_budget: open("ct_budget")?,
+            frags: open("frags")?,
             hostflows: open("hostflows")?,
             events: open("events")?,
             events_lost: open("events_lost")?,
@@ -599,6 +602,18 @@ impl Maps {
                 delete(map, key, what)?;
             }
             n += doomed.len();
+        }
+        // Fragmented datagrams being let through, keyed by their ends too.
+        let doomed: Vec<Vec<u8>> = self
+            .frags
+            .keys()
+            .filter(|key| {
+                let k: frag_key = from_bytes(key);
+                !keep(key_to_ip(&k.src), key_to_ip(&k.dst))
+            })
+            .collect();
+        for key in &doomed {
+            delete(&self.frags, key, "fragmented datagram")?;
         }
         Ok(n)
     }
