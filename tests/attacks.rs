@@ -340,3 +340,34 @@ fn neighbour_advertisements_speak_only_for_the_pods_own_addresses() {
         "b's cache took a's MAC for the gateway: {neigh}"
     );
 }
+
+#[test]
+fn network_policies_hold_for_link_local_addresses() {
+    if !privileged() {
+        return;
+    }
+    let mut net = TestNet::new("in8llsync", 199, json!({}));
+    let (a, b) = (net.add_pod("a"), net.add_pod("b"));
+    let pod = |name: &str, ip: IpAddr| {
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "default", "labels": {"app": name}},
+               "spec": {"containers": [{"name": "c"}]}, "status": {"phase": "Running", "podIP": ip.to_string()}})
+    };
+    // b takes no ingress at all.
+    let objects = json!({"kind": "List", "items": [
+        pod("a", a.ip(4)), pod("b", b.ip(4)),
+        {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "b-closed", "namespace": "default"},
+         "spec": {"podSelector": {"matchLabels": {"app": "b"}}, "policyTypes": ["Ingress"]}},
+    ]});
+    let file = net.data_dir.join("in8-objects.json");
+    std::fs::create_dir_all(&net.data_dir).unwrap();
+    std::fs::write(&file, objects.to_string()).unwrap();
+    assert!(tcp_link_local(&net, Some(&b), &a, 80), "before the sync");
+    ok(net.cli(&["policy", "sync", "-f", file.to_str().unwrap()]));
+    assert!(!tcp_reachable(Some(&b), Some(&a), SocketAddr::new(b.ip(4), 80)), "b's address is isolated");
+    assert!(!tcp_link_local(&net, Some(&b), &a, 80), "b's link-local address escaped its NetworkPolicy");
+    assert!(tcp_link_local(&net, Some(&a), &b, 80), "a is not isolated, over link-local either");
+    // Pinging a group is no way into an isolated pod.
+    let seen = capture(&b, "ICMPv6EchoRequest in p and p[IPv6].dst == 'ff02::1'", 3);
+    netns_sh(&a.netns, "ping -c 2 -i 0.2 -W 1 ff02::1%eth0 >/dev/null 2>&1; true");
+    assert_eq!(seen.join().unwrap(), 0, "an all-nodes ping reached the isolated pod");
+}
