@@ -200,3 +200,174 @@ fn ipv6_extension_headers_do_not_hide_the_transport_port() {
     assert!(!tcp6_with_dstopts(&b, &a, 81), "a denied port was reached behind a destination options header");
     assert!(counter(&net, a.ip(4), "drop_policy") > before, "the refused SYN was not counted as a policy drop");
 }
+
+/// The pod's link-local address once duplicate address detection is done
+/// (a tentative address cannot be bound).
+fn link_local(netns: Option<&str>, dev: &str) -> std::net::Ipv6Addr {
+    let prefix = netns.map(|n| format!("ip netns exec {n} ")).unwrap_or_default();
+    for _ in 0..60 {
+        let out = sh(&format!("{prefix}ip -6 -o addr show dev {dev} scope link -tentative"));
+        let text = String::from_utf8_lossy(&out.stdout);
+        if let Some(addr) = text.split_whitespace().skip_while(|w| *w != "inet6").nth(1) {
+            return addr.split('/').next().unwrap().parse().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{dev} in {netns:?} has no link-local address");
+}
+
+fn ifindex(netns: Option<&str>, dev: &str) -> u32 {
+    let prefix = netns.map(|n| format!("ip netns exec {n} ")).unwrap_or_default();
+    String::from_utf8_lossy(&sh(&format!("{prefix}cat /sys/class/net/{dev}/ifindex")).stdout).trim().parse().unwrap()
+}
+
+/// TCP from the client pod's link-local address to `server` (a pod, or
+/// the node's bridge when None) on its link-local address.
+fn tcp_link_local(net: &TestNet, server: Option<&Pod>, client: &Pod, port: u16) -> bool {
+    use std::io::{Read, Write};
+    use std::net::SocketAddrV6;
+    let (ns, dev) = match server {
+        Some(p) => (Some(p.netns.as_str()), "eth0"),
+        None => (None, net.bridge.as_str()),
+    };
+    let ll = link_local(ns, dev);
+    link_local(Some(&client.netns), "eth0");
+    let bind_at = SocketAddr::V6(SocketAddrV6::new(ll, port, 0, ifindex(ns, dev)));
+    let bind = move || TcpListener::bind(bind_at).expect("bind link-local");
+    let listener = match server {
+        Some(p) => p.run_in(bind),
+        None => bind(),
+    };
+    listener.set_nonblocking(true).unwrap();
+    let srv = std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + Duration::from_millis(2000);
+        while std::time::Instant::now() < deadline {
+            if let Ok((mut s, _)) = listener.accept() {
+                s.set_nonblocking(false).ok();
+                let _ = s.write_all(b"ok");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    });
+    let to = SocketAddr::V6(SocketAddrV6::new(ll, port, 0, ifindex(Some(&client.netns), "eth0")));
+    let ok = client.run_in(move || {
+        TcpStream::connect_timeout(&to, Duration::from_millis(1000))
+            .and_then(|mut s| {
+                s.set_read_timeout(Some(Duration::from_millis(700)))?;
+                let mut b = [0u8; 2];
+                s.read_exact(&mut b)?;
+                Ok(b == *b"ok")
+            })
+            .unwrap_or(false)
+    });
+    srv.join().unwrap();
+    ok
+}
+
+#[test]
+fn link_local_addresses_get_policy_and_cannot_be_spoofed() {
+    if !privileged() {
+        return;
+    }
+    // IPv4 only: every pod still has IPv6 link-local addresses.
+    let mut net = TestNet::new("in8ll", 197, json!({"policy": {"defaultAction": "deny"}}));
+    let (a, b) = (net.add_pod("a"), net.add_pod("b"));
+    let (ip_a, ip_b) = (a.ip(4), b.ip(4));
+    ok(net.cli(&["policy", "allow", &ip_a.to_string(), &ip_b.to_string(), "--proto", "tcp", "--port", "80"]));
+    assert!(tcp_reachable(Some(&b), Some(&a), SocketAddr::new(ip_b, 80)), "the allowed port");
+    let before = counter(&net, ip_a, "drop_policy");
+    assert!(!tcp_link_local(&net, Some(&b), &a, 81), "a reached b's link-local address on a denied port");
+    assert!(
+        counter(&net, ip_a, "drop_policy") > before,
+        "the link-local SYN was not counted: {:?}",
+        net.stats_of(ip_a)
+    );
+    assert!(!tcp_link_local(&net, None, &a, 82), "a reached the node's link-local address under default deny");
+    // Another pod's link-local address, or one made up, as the source.
+    let (ll_b, mac_a) = (link_local(Some(&b.netns), "eth0"), mac_of(&a));
+    let ll_a = link_local(Some(&a.netns), "eth0");
+    let before = counter(&net, ip_a, "drop_spoofed");
+    let seen = capture(&b, "IPv6 in p and p[IPv6].src in ('fe80::bad', 'fe80::1:bad')", 3);
+    scapy(
+        &a,
+        &format!(
+            "for src in ['fe80::bad', 'fe80::1:bad']:\n    \
+             sendp(Ether(src='{mac_a}', dst='{}')/IPv6(src=src, dst='{ll_b}')/ICMPv6EchoRequest(), iface='eth0')\n\
+             sendp(Ether(src='{mac_a}', dst='33:33:00:00:00:01')/IPv6(src='{ll_b}', dst='ff02::1')/ICMPv6EchoRequest(), iface='eth0')",
+            mac_of(&b)
+        ),
+    );
+    assert_eq!(seen.join().unwrap(), 0, "a spoofed link-local source reached pod b");
+    assert_eq!(counter(&net, ip_a, "drop_spoofed") - before, 3, "{:?}", net.stats_of(ip_a));
+    // The pod's own link-local address is registered: the maps show it.
+    assert!(net.dump("endpoints").iter().any(|e| e["ip"] == json!(ll_a.to_string())), "{:?}", net.dump("endpoints"));
+    // DEL takes it away with the pod.
+    ok(net.del_pod(&a));
+    assert!(!net.dump("endpoints").iter().any(|e| e["ip"] == json!(ll_a.to_string())), "DEL left the link-local entry");
+    assert!(!net
+        .dump("ipcache")
+        .iter()
+        .any(|e| e["prefix"].as_str().is_some_and(|p| p.starts_with(&ll_a.to_string()))));
+}
+
+#[test]
+fn neighbour_advertisements_speak_only_for_the_pods_own_addresses() {
+    if !privileged() {
+        return;
+    }
+    let mut net = TestNet::new("in8na", 198, json!({}));
+    let (a, b) = (net.add_pod("a"), net.add_pod("b"));
+    let gw_ll = link_local(None, &net.bridge);
+    let (ll_a, ll_b, mac_a) = (link_local(Some(&a.netns), "eth0"), link_local(Some(&b.netns), "eth0"), mac_of(&a));
+    let before = counter(&net, a.ip(4), "drop_spoofed");
+    let targets = format!("('{gw_ll}', '{ll_b}', '{ll_a}')");
+    let seen = capture(&b, &format!("ICMPv6ND_NA in p and p[ICMPv6ND_NA].tgt in {targets}"), 3);
+    scapy(
+        &a,
+        &format!(
+            "for tgt in {targets}:\n    \
+             sendp(Ether(src='{mac_a}', dst='33:33:00:00:00:01')/IPv6(src='{ll_a}', dst='ff02::1', hlim=255)\
+             /ICMPv6ND_NA(tgt=tgt, R=0, S=0, O=1)/ICMPv6NDOptDstLLAddr(lladdr='{mac_a}'), iface='eth0')"
+        ),
+    );
+    // Only the advertisement of a's own link-local address arrives.
+    assert_eq!(seen.join().unwrap(), 1, "a forged NA reached pod b (or a's own did not)");
+    assert_eq!(counter(&net, a.ip(4), "drop_spoofed") - before, 2, "{:?}", net.stats_of(a.ip(4)));
+    let neigh = netns_sh(&b.netns, "ip -6 neigh show");
+    assert!(
+        !neigh.contains(&format!("{gw_ll} dev eth0 lladdr {mac_a}")),
+        "b's cache took a's MAC for the gateway: {neigh}"
+    );
+}
+
+#[test]
+fn network_policies_hold_for_link_local_addresses() {
+    if !privileged() {
+        return;
+    }
+    let mut net = TestNet::new("in8llsync", 199, json!({}));
+    let (a, b) = (net.add_pod("a"), net.add_pod("b"));
+    let pod = |name: &str, ip: IpAddr| {
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "default", "labels": {"app": name}},
+               "spec": {"containers": [{"name": "c"}]}, "status": {"phase": "Running", "podIP": ip.to_string()}})
+    };
+    // b takes no ingress at all.
+    let objects = json!({"kind": "List", "items": [
+        pod("a", a.ip(4)), pod("b", b.ip(4)),
+        {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "b-closed", "namespace": "default"},
+         "spec": {"podSelector": {"matchLabels": {"app": "b"}}, "policyTypes": ["Ingress"]}},
+    ]});
+    let file = net.data_dir.join("in8-objects.json");
+    std::fs::create_dir_all(&net.data_dir).unwrap();
+    std::fs::write(&file, objects.to_string()).unwrap();
+    assert!(tcp_link_local(&net, Some(&b), &a, 80), "before the sync");
+    ok(net.cli(&["policy", "sync", "-f", file.to_str().unwrap()]));
+    assert!(!tcp_reachable(Some(&b), Some(&a), SocketAddr::new(b.ip(4), 80)), "b's address is isolated");
+    assert!(!tcp_link_local(&net, Some(&b), &a, 80), "b's link-local address escaped its NetworkPolicy");
+    assert!(tcp_link_local(&net, Some(&a), &b, 80), "a is not isolated, over link-local either");
+    // Pinging a group is no way into an isolated pod.
+    let seen = capture(&b, "ICMPv6EchoRequest in p and p[IPv6].dst == 'ff02::1'", 3);
+    netns_sh(&a.netns, "ping -c 2 -i 0.2 -W 1 ff02::1%eth0 >/dev/null 2>&1; true");
+    assert_eq!(seen.join().unwrap(), 0, "an all-nodes ping reached the isolated pod");
+}

@@ -20,7 +20,9 @@ fn two_pods_talk(tag: &str, id: u8, attach_mode: Value, expect_attach: &str) {
     assert_ne!(ip_a, ip_b);
 
     let eps = net.dump("endpoints");
-    assert_eq!(eps.len(), 2, "{eps:?}");
+    // Each pod's address and its link-local one.
+    assert_eq!(eps.len(), 4, "{eps:?}");
+    assert_eq!(eps.iter().filter(|e| e["ip"].as_str().unwrap().starts_with("fe80:")).count(), 2, "{eps:?}");
     for ep in &eps {
         assert_eq!(ep["attach"], expect_attach, "{ep}");
     }

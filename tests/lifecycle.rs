@@ -39,7 +39,7 @@ fn del_removes_everything_and_is_idempotent() {
     assert!(!link_exists(&a.host_veth()));
     assert_eq!(net.lease_files(), vec![b.ip(4).to_string()]);
     assert_eq!(net.link_pins(), vec![b.host_veth()]);
-    let eps = net.dump("endpoints");
+    let eps = net.leased_endpoints();
     assert_eq!(eps.len(), 1);
     assert_eq!(eps[0]["ip"], json!(b.ip(4)));
     assert_eq!(net.stats_of(a.ip(4)), json!({}), "a's counters must go with it");

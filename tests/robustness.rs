@@ -73,7 +73,7 @@ fn racing_adds_get_unique_addresses_and_racing_dels_leave_nothing() {
     assert_eq!(failures.len(), 1);
     assert_eq!(failures[0]["code"], 11, "{}", failures[0]);
     assert_eq!(net.lease_files().len(), 32);
-    assert_eq!(net.dump("endpoints").len(), 32);
+    assert_eq!(net.leased_endpoints().len(), 32);
 
     let dels: Vec<bool> = std::thread::scope(|s| {
         let handles: Vec<_> = names
@@ -138,7 +138,7 @@ fn add_killed_at_any_point_is_cleaned_by_del_or_gc() {
     ok(net.cni("GC", &conf, "", None, ""));
     assert_eq!(net.lease_files().len(), 1, "{:?}", net.lease_files());
     assert_eq!(net.link_pins().len(), 1);
-    assert_eq!(net.dump("endpoints").len(), 1);
+    assert_eq!(net.leased_endpoints().len(), 1);
     for id in &ids {
         let veth = host_veth_of(id);
         let detail = String::from_utf8_lossy(&sh(&format!("ip -d link show {veth}")).stdout).into_owned();
@@ -166,7 +166,7 @@ fn attach_refused_rolls_everything_back() {
     std::fs::remove_dir(&blocker).unwrap();
     std::fs::remove_dir(blocker.parent().unwrap()).unwrap();
     assert_eq!(net.lease_files().len(), 1, "the refused pod kept its lease");
-    assert_eq!(net.dump("endpoints").len(), 1);
+    assert_eq!(net.leased_endpoints().len(), 1);
     assert!(!link_exists(&host_veth_of("refused-pod")));
     assert_eq!(netns_sh(&ns, "ip -o link").lines().count(), 1);
     // DEL after the failed ADD succeeds, as runtimes call it.

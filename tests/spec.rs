@@ -90,7 +90,7 @@ fn retried_add_returns_the_same_wiring() {
     }
     assert_eq!(netns_sh(&a.netns, "cat /sys/class/net/eth0/ifindex"), ifindex, "interface was recreated");
     assert_eq!(net.lease_files().len(), 2, "a retry took another address");
-    assert_eq!(net.dump("endpoints").len(), 2);
+    assert_eq!(net.leased_endpoints().len(), 2);
     assert!(a.ping(b.ip(4), 2));
 }
 
@@ -200,7 +200,7 @@ fn gc_releases_everything_not_in_the_valid_list() {
         assert!(!link_exists(&gone.host_veth()), "veth of a collected pod remains");
     }
     assert_eq!(net.link_pins(), vec![a.host_veth()]);
-    let eps: Vec<Value> = net.dump("endpoints").iter().map(|e| e["ip"].clone()).collect();
+    let eps: Vec<Value> = net.leased_endpoints().iter().map(|e| e["ip"].clone()).collect();
     assert_eq!(eps, vec![json!(a.ip(4))]);
     assert!(dir.join("lock").exists() && dir.join("last_reserved_ip.0").exists());
     assert!(a.ping(a.result["ips"][0]["gateway"].as_str().unwrap().parse().unwrap(), 1));

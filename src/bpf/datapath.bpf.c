@@ -206,6 +206,15 @@ static __always_inline int owned_by(const struct ip_key *addr, __u32 ifindex)
 	return ep && ep->ifindex == ifindex;
 }
 
+/* Whether the pod's ingress is isolated: default deny, or a policy
+ * selecting its identity for ingress. */
+static __always_inline int ingress_isolated(const struct settings *s, const struct pod_info *pod)
+{
+	__u32 set = s->active_set & 1;
+
+	return s->default_deny || (identity_flags_of(identity_of(&pod->addr, set), set) & ISOLATED_INGRESS);
+}
+
 /* ARP must speak for the pod itself: its MAC as sender, and its own
  * address (or none, for probes) as sender address. */
 static __always_inline int arp_is_honest(struct __sk_buff *skb, const struct pod_info *pod)
@@ -276,17 +285,18 @@ int from_pod(struct __sk_buff *skb)
 	if (p.router_message)
 		return drop(skb, &pod->addr, &p, REASON_ROUTER_MESSAGE, COUNT_DROP_SPOOFED, DIR_FROM_POD);
 
+	/* Every source is one of the pod's own addresses, its link-local one
+	 * included (registered at ADD), and gets the same policy as any
+	 * other. The one exception: the unspecified source of duplicate
+	 * address detection and listener reports, before the pod has an
+	 * address, and only for those. */
 	if (!owned_by(&p.src, ifindex)) {
-		/* Link-local and unspecified sources serve neighbour discovery
-		 * and stay on the bridge's segment; any other is a lie. */
-		if (p.family != 6 || !ip_key_is_link_local_or_any(&p.src))
-			return drop(skb, &pod->addr, &p, REASON_SPOOFED_IP, COUNT_DROP_SPOOFED, DIR_FROM_POD);
-		if (p.has_na_target && !owned_by(&p.na_target, ifindex) &&
-		    !ip_key_is_link_local_or_any(&p.na_target))
-			return drop(skb, &pod->addr, &p, REASON_SPOOFED_ND, COUNT_DROP_SPOOFED, DIR_FROM_POD);
-		return TC_ACT_OK;
+		if (p.family == 6 && p.nd && !p.has_na_target && ip_key_is_any(&p.src))
+			return TC_ACT_OK;
+		return drop(skb, &pod->addr, &p, REASON_SPOOFED_IP, COUNT_DROP_SPOOFED, DIR_FROM_POD);
 	}
-	if (p.has_na_target && !owned_by(&p.na_target, ifindex) && !ip_key_is_link_local_or_any(&p.na_target))
+	/* A neighbour advertisement speaks for one of the pod's own addresses. */
+	if (p.has_na_target && !owned_by(&p.na_target, ifindex))
 		return drop(skb, &pod->addr, &p, REASON_SPOOFED_ND, COUNT_DROP_SPOOFED, DIR_FROM_POD);
 
 	if (!p.nd && policy_active(s)) {
@@ -359,6 +369,11 @@ int to_pod(struct __sk_buff *skb)
 	hostflow_note(skb, &p);
 	if (!policy_active(s))
 		return TC_ACT_OK;
+	/* Addressed to none of the pod's own addresses (a group, a broadcast,
+	 * an address it gave itself): no pod identity to ask, so an isolated
+	 * pod does not take it. */
+	if (!owned_by(&p.dst, ifindex) && ingress_isolated(s, pod))
+		return drop(skb, &pod->addr, &p, REASON_POLICY, COUNT_DROP_POLICY, DIR_TO_POD);
 	parsed = ct_policy_allows(s, &p, ifindex);
 	if (parsed == CT_DENIED)
 		return drop(skb, &pod->addr, &p, REASON_POLICY, COUNT_DROP_POLICY, DIR_TO_POD);

@@ -21,6 +21,10 @@
 #define NDISC_ROUTER_ADVERTISEMENT_ 134
 #define NDISC_NEIGHBOUR_ADVERTISEMENT_ 136
 #define NDISC_REDIRECT_ 137
+#define MLD_QUERY_ 130
+#define MLD_REPORT_ 131
+#define MLD_DONE_ 132
+#define MLD2_REPORT_ 143
 
 enum parse_result {
 	PARSE_NOT_IP = 0, /* ARP or another L2 protocol */
@@ -35,7 +39,8 @@ struct packet {
 	__u16 dport;
 	__u8 proto;
 	__u8 family; /* 4 or 6 */
-	__u8 nd;     /* ICMPv6 neighbour discovery (types 133-137) */
+	__u8 nd;     /* ICMPv6 neighbour discovery (types 133-137), or multicast
+		      * listener messages (130-132, 143) to a multicast group */
 	__u8 has_na_target;
 	struct ip_key na_target; /* neighbour advertisement's target */
 	__u8 router_message;     /* a router advertisement or an ICMP redirect */
@@ -91,12 +96,10 @@ static __always_inline int ip_key_is_v4(const struct ip_key *key)
 	       !key->addr[7] && !key->addr[8] && !key->addr[9];
 }
 
-/* fe80::/10 and the unspecified address: what a pod legitimately uses
- * for neighbour discovery before and besides its own addresses. */
-static __always_inline int ip_key_is_link_local_or_any(const struct ip_key *key)
+/* The unspecified address: the source of duplicate address detection
+ * and of multicast listener reports before a pod has an address. */
+static __always_inline int ip_key_is_any(const struct ip_key *key)
 {
-	if (key->addr[0] == 0xfe && (key->addr[1] & 0xc0) == 0x80)
-		return 1;
 	for (int i = 0; i < 16; i++)
 		if (key->addr[i])
 			return 0;
@@ -145,6 +148,9 @@ static __always_inline int packet_parse_l4(void *l4, void *data_end, struct pack
 		     (icmp[0] == NDISC_ROUTER_ADVERTISEMENT_ || icmp[0] == NDISC_REDIRECT_)) ||
 		    (p->proto == IPPROTO_ICMP_ && icmp[0] == ICMP_REDIRECT_))
 			p->router_message = 1;
+		if (p->proto == IPPROTO_ICMPV6_ && p->dst.addr[0] == 0xff &&
+		    ((icmp[0] >= MLD_QUERY_ && icmp[0] <= MLD_DONE_) || icmp[0] == MLD2_REPORT_))
+			p->nd = 1;
 		if (p->proto == IPPROTO_ICMPV6_ && icmp[0] >= NDISC_ROUTER_SOLICITATION_ &&
 		    icmp[0] <= NDISC_REDIRECT_) {
 			p->nd = 1;

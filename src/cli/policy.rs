@@ -110,7 +110,8 @@ pub fn run(cmd: PolicyCommand) -> Result<()> {
             let input: serde_json::Value = serde_json::from_str(&text).context("parse Kubernetes objects")?;
             let (dir, maps) = target.open()?;
             let _lock = lock_dir(&dir)?;
-            let compiled = policy::k8s::compile(&input, &policy::current(&maps)?, &node_addresses())?;
+            let mut compiled = policy::k8s::compile(&input, &policy::current(&maps)?, &node_addresses())?;
+            policy::link_locals_follow_pods(&maps, &mut compiled.set)?;
             let new = &compiled.set;
             policy::apply(&maps, new)?;
             policy::report::save(&dir, &compiled.errors)?;

@@ -62,7 +62,15 @@ fn add_in_scope<'s, 'e>(
     if let Some(h) = &host_link {
         let pod_side = pod.link_by_name(&env.ifname)?;
         if pod_side.is_none_or(|p| p.peer != Some(h.index)) {
-            // Its entries name an ifindex that is about to disappear.
+            // Its entries name an ifindex that is about to disappear; its
+            // link-local address (of the old MAC) goes with it.
+            if let Some(old) = dp.maps.pod(h.index)? {
+                let ll = super::link_local::of_mac(old.mac);
+                dp.maps.remove_endpoint(ll)?;
+                dp.maps.remove_stats(ll)?;
+                let _lock = datapath::lock_dir(&dp.dir)?;
+                policy::unregister_pod(&dp.maps, &[ll])?;
+            }
             dp.maps.remove_pod(h.index)?;
             datapath::detach(&dp.dir, host_if)?;
             host.delete_link(host_if)?;
@@ -136,6 +144,7 @@ fn add_in_scope<'s, 'e>(
     let pod_link = pod
         .link_by_name(&env.ifname)?
         .ok_or_else(|| anyhow!("{} vanished from {}", env.ifname, netns_path.display()))?;
+    super::link_local::make_predictable(ns, &env.ifname)?;
     let routes = configure_pod(&pod, &pod_link, conf, &allocs)
         .with_context(|| format!("configure {} in {}", env.ifname, netns_path.display()))?;
 
@@ -146,8 +155,10 @@ fn add_in_scope<'s, 'e>(
         Attached::Tc => datapath::ENDPOINT_F_TC,
     };
     let pod_mac = pod_link.mac.ok_or_else(|| anyhow!("{} has no MAC address", env.ifname))?;
-    for a in &allocs {
-        let ip = a.address.addr;
+    // Its leased addresses and its link-local one.
+    let mut ips: Vec<IpAddr> = allocs.iter().map(|a| a.address.addr).collect();
+    ips.push(super::link_local::of_mac(pod_mac));
+    for &ip in &ips {
         if fresh {
             undo.push(format!("remove endpoint {ip}"), move || dp.maps.remove_endpoint(ip));
         }
@@ -156,7 +167,6 @@ fn add_in_scope<'s, 'e>(
     // The pod's identity for policy and its entry for anti-spoofing: both
     // in place before the first packet can flow.
     let maps = &dp.maps;
-    let ips: Vec<IpAddr> = allocs.iter().map(|a| a.address.addr).collect();
     {
         let _lock = datapath::lock_dir(&dp.dir)?;
         policy::set_default_deny(maps, conf.default_deny)?;

@@ -7,7 +7,7 @@ use anyhow::Result;
 
 use super::config::NetConf;
 use super::env::CniEnv;
-use super::host_veth_name;
+use super::{host_veth_name, link_local};
 use crate::datapath::{self, Maps};
 use crate::ipam::{self, DiskStore, LeaseStore};
 use crate::netlink::Netlink;
@@ -36,12 +36,14 @@ pub fn del(conf: &NetConf, env: &CniEnv) -> Result<Vec<IpAddr>> {
             Some(link) => {
                 if let Some(pod) = maps.pod(link.index)? {
                     stale.push(pod.addr);
+                    stale.push(link_local::of_mac(pod.mac));
                 }
                 maps.remove_pod(link.index)?;
             }
             None => {
                 for pod in maps.pods()? {
                     if ips.contains(&pod.addr) {
+                        stale.push(link_local::of_mac(pod.mac));
                         maps.remove_pod(pod.ifindex)?;
                     }
                 }

@@ -11,7 +11,7 @@ use anyhow::Result;
 
 use super::config::{Attachment, NetConf};
 use super::error::{CniError, INVALID_CONFIG};
-use super::host_veth_name;
+use super::{host_veth_name, link_local};
 use crate::datapath::{self, Maps};
 use crate::ipam::{DiskStore, LeaseStore};
 use crate::netlink::Netlink;
@@ -67,6 +67,13 @@ pub fn gc(conf: &NetConf) -> Result<Vec<IpAddr>> {
         }
     }
     if let Some(maps) = maps {
+        // A kept pod keeps its link-local address too.
+        let mut kept = kept;
+        for pod in maps.pods()? {
+            if kept.contains(&pod.addr) {
+                kept.insert(link_local::of_mac(pod.mac));
+            }
+        }
         // Every address the maps know that no kept lease holds: released
         // now, or left by an ADD or DEL that died.
         let mut gone: Vec<IpAddr> = released.clone();

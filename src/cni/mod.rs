@@ -10,6 +10,7 @@ mod del;
 pub mod env;
 pub mod error;
 mod gc;
+pub mod link_local;
 pub mod result;
 mod status;
 mod undo;

@@ -160,6 +160,18 @@ pub fn register_pod(maps: &Maps, ips: &[IpAddr], ifindex: u32) -> Result<()> {
     Ok(())
 }
 
+/// A pod's link-local address (Kubernetes does not know it) takes the
+/// identity its pod's first address has in `set`, so the policies that
+/// select the pod hold for that address too.
+pub fn link_locals_follow_pods(maps: &Maps, set: &mut PolicySet) -> Result<()> {
+    for pod in maps.pods()? {
+        if let Some(id) = set.endpoints.get(&pod.addr).copied() {
+            set.endpoints.insert(crate::cni::link_local::of_mac(pod.mac), id);
+        }
+    }
+    Ok(())
+}
+
 /// Every address the ipcache (either set) gives a pod identity.
 pub fn pod_addresses(maps: &Maps) -> Result<Vec<IpAddr>> {
     Ok(maps

@@ -288,8 +288,18 @@ fn identity_name(set: &PolicySet, id: u32) -> String {
         IDENTITY_WORLD => "world".into(),
         IDENTITY_HOST => "node".into(),
         _ => {
-            let mut prefixes: Vec<String> =
-                set.endpoints.iter().filter(|(_, i)| **i == id).map(|(ip, _)| ip.to_string()).collect();
+            // A pod's link-local address shares its identity: named only
+            // when the identity has no other address.
+            let link_local =
+                |ip: &std::net::IpAddr| matches!(ip, std::net::IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80);
+            let mine: Vec<&std::net::IpAddr> =
+                set.endpoints.iter().filter(|(_, i)| **i == id).map(|(ip, _)| ip).collect();
+            let named = if mine.iter().all(|ip| link_local(ip)) {
+                mine
+            } else {
+                mine.into_iter().filter(|ip| !link_local(ip)).collect()
+            };
+            let mut prefixes: Vec<String> = named.iter().map(ToString::to_string).collect();
             prefixes.extend(set.cidrs.iter().filter(|(_, i)| **i == id).map(|(p, _)| Peer::Prefix(*p).to_string()));
             if prefixes.is_empty() {
                 format!("identity {id}")

@@ -13,7 +13,10 @@ pub mod report;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-pub use apply::{apply, current, pod_addresses, register_pod, set_default_deny, set_trace_flows, unregister_pod};
+pub use apply::{
+    apply, current, link_locals_follow_pods, pod_addresses, register_pod, set_default_deny, set_trace_flows,
+    unregister_pod,
+};
 pub use manual::{add_rule, delete_rule, describe, list_rules, Rule};
 pub use ports::port_blocks;
 

@@ -316,6 +316,15 @@ impl TestNet {
         Command::new(BIN).args(args).args(["--network", &self.name, "--pin-path"]).arg(&self.pin_path).output().unwrap()
     }
 
+    /// The endpoint entries of leased addresses (each pod also has one for
+    /// its link-local address).
+    pub fn leased_endpoints(&self) -> Vec<Value> {
+        self.dump("endpoints")
+            .into_iter()
+            .filter(|e| !e["ip"].as_str().is_some_and(|ip| ip.starts_with("fe80:")))
+            .collect()
+    }
+
     pub fn stats_of(&self, ip: IpAddr) -> Value {
         self.dump("stats").into_iter().find(|s| s["ip"] == json!(ip)).unwrap_or(json!({}))
     }
@@ -507,8 +516,8 @@ pub fn tcp_reachable(server: Option<&Pod>, client: Option<&Pod>, addr: SocketAdd
     ok
 }
 
-/// An Ethernet + IPv6 + ICMPv6 neighbour advertisement (from a link-local
-/// source to all nodes) claiming `target`.
+/// An Ethernet + IPv6 + ICMPv6 neighbour advertisement (from the sender's
+/// link-local address to all nodes) claiming `target`.
 pub fn neighbour_advert_frame(src_mac: [u8; 6], target: std::net::Ipv6Addr) -> Vec<u8> {
     let mut f = vec![0u8; 14 + 40 + 24];
     f[0..6].copy_from_slice(&[0x33, 0x33, 0, 0, 0, 1]);
@@ -519,7 +528,12 @@ pub fn neighbour_advert_frame(src_mac: [u8; 6], target: std::net::Ipv6Addr) -> V
     ip[4..6].copy_from_slice(&24u16.to_be_bytes());
     ip[6] = 58;
     ip[7] = 255;
-    ip[8..24].copy_from_slice(&"fe80::1".parse::<std::net::Ipv6Addr>().unwrap().octets());
+    // The sender's own link-local address (EUI-64 of its MAC, as ADD sets it).
+    let mut ll = [0u8; 16];
+    ll[0] = 0xfe;
+    ll[1] = 0x80;
+    ll[8..].copy_from_slice(&[src_mac[0] ^ 2, src_mac[1], src_mac[2], 0xff, 0xfe, src_mac[3], src_mac[4], src_mac[5]]);
+    ip[8..24].copy_from_slice(&ll);
     ip[24..40].copy_from_slice(&"ff02::1".parse::<std::net::Ipv6Addr>().unwrap().octets());
     let icmp = &mut f[54..];
     icmp[0] = 136;
