@@ -372,8 +372,14 @@ int to_pod(struct __sk_buff *skb)
 	/* Addressed to none of the pod's own addresses (a group, a broadcast,
 	 * an address it gave itself): no pod identity to ask, so an isolated
 	 * pod does not take it. */
-	if (!owned_by(&p.dst, ifindex) && ingress_isolated(s, pod))
+	if (!owned_by(&p.dst, ifindex) && ingress_isolated(s, pod)) {
+		/* The segment's group traffic (the node's IGMP and MLD reports
+		 * flood every port) is nobody's flow: refused without counting,
+		 * so it does not bury real drops. */
+		if (ip_key_is_group(&p.dst))
+			return TC_ACT_SHOT;
 		return drop(skb, &pod->addr, &p, REASON_POLICY, COUNT_DROP_POLICY, DIR_TO_POD);
+	}
 	parsed = ct_policy_allows(s, &p, ifindex);
 	if (parsed == CT_DENIED)
 		return drop(skb, &pod->addr, &p, REASON_POLICY, COUNT_DROP_POLICY, DIR_TO_POD);

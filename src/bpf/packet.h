@@ -98,6 +98,16 @@ static __always_inline int ip_key_is_v4(const struct ip_key *key)
 
 /* The unspecified address: the source of duplicate address detection
  * and of multicast listener reports before a pod has an address. */
+/* IPv4 224.0.0.0/4 and 255.255.255.255, IPv6 ff00::/8: a segment's group
+ * and broadcast traffic, addressed to no one in particular. */
+static __always_inline int ip_key_is_group(const struct ip_key *key)
+{
+	if (ip_key_is_v4(key))
+		return (key->addr[12] & 0xf0) == 0xe0 ||
+		       (key->addr[12] == 0xff && key->addr[13] == 0xff && key->addr[14] == 0xff && key->addr[15] == 0xff);
+	return key->addr[0] == 0xff;
+}
+
 static __always_inline int ip_key_is_any(const struct ip_key *key)
 {
 	for (int i = 0; i < 16; i++)
