@@ -215,18 +215,23 @@ static __always_inline int ingress_isolated(const struct settings *s, const stru
 	return s->default_deny || (identity_flags_of(identity_of(&pod->addr, set), set) & ISOLATED_INGRESS);
 }
 
-/* ARP must speak for the pod itself: its MAC as sender, and its own
- * address (or none, for probes) as sender address. */
+/* ARP must be whole Ethernet/IPv4 ARP (a truncated or foreign-format one
+ * is no message a neighbour should see) and speak for the pod itself: its
+ * MAC as sender, and its own address (or none, for probes) as sender
+ * address. */
 static __always_inline int arp_is_honest(struct __sk_buff *skb, const struct pod_info *pod)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
-	/* ethhdr (14) + arphdr (8) + sha (6) + spa (4) */
+	/* ethhdr (14) + arphdr (8) + sha (6) + spa (4) + tha (6) + tpa (4) */
 	__u8 *arp = data + sizeof(struct ethhdr);
 	struct ip_key spa = {};
 	__be32 addr;
 
-	if ((void *)(arp + 8 + 6 + 4) > data_end)
+	if ((void *)(arp + 28) > data_end)
+		return -1;
+	/* hardware Ethernet (1), protocol IPv4, lengths 6 and 4 */
+	if (arp[0] != 0 || arp[1] != 1 || arp[2] != 0x08 || arp[3] != 0 || arp[4] != 6 || arp[5] != 4)
 		return -1;
 	if (!mac_equal(arp + 8, pod->mac))
 		return 0;
