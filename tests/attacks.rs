@@ -8,71 +8,17 @@ mod common;
 
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
-use std::process::{Command, Stdio};
+
 use std::time::Duration;
 
+use common::frames::*;
 use common::*;
-use serde_json::{json, Value};
-
-const PYTHON: &str = "/usr/bin/python3";
-
-fn dual_stack(tag: &str, id: u8, extra: Value) -> TestNet {
-    let mut conf = json!({
-        "subnet": null,
-        "ipam": {"ranges": [[{"subnet": format!("10.251.{id}.0/24")}], [{"subnet": format!("fd00:251:{id}::/64")}]]},
-    });
-    for (k, v) in extra.as_object().unwrap() {
-        conf[k] = v.clone();
-    }
-    TestNet::new(tag, id, conf)
-}
-
-fn mac_of(pod: &Pod) -> String {
-    pod.result["interfaces"][2]["mac"].as_str().unwrap().to_string()
-}
-
-/// Runs a scapy script in `pod`'s netns (scapy's names imported).
-fn scapy(pod: &Pod, script: &str) -> String {
-    let out = Command::new("ip")
-        .args(["netns", "exec", &pod.netns, PYTHON, "-c"])
-        .arg(format!("from scapy.all import *\nconf.verb = 0\n{script}"))
-        .stderr(Stdio::piped())
-        .output()
-        .expect("run python3 (apt-get install python3-scapy)");
-    assert!(out.status.success(), "scapy in {}: {}", pod.netns, String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
+use serde_json::json;
 
 /// Starts capturing on `pod`'s eth0 for `secs` seconds; the count of
 /// frames matching the Python expression `lfilter` (of `p`) comes back.
 fn capture(pod: &Pod, lfilter: &str, secs: u32) -> std::thread::JoinHandle<u64> {
     capture_on(Some(&pod.netns), "eth0", lfilter, secs)
-}
-
-/// The same on any interface: a pod's (`netns`) or the node's own (None).
-fn capture_on(netns: Option<&str>, iface: &str, lfilter: &str, secs: u32) -> std::thread::JoinHandle<u64> {
-    let script = format!(
-        "from scapy.all import *\nconf.verb = 0\n\
-         print(len(sniff(iface='{iface}', timeout={secs}, lfilter=lambda p: {lfilter})))"
-    );
-    let mut cmd = match netns {
-        Some(ns) => {
-            let mut c = Command::new("ip");
-            c.args(["netns", "exec", ns, PYTHON]);
-            c
-        }
-        None => Command::new(PYTHON),
-    };
-    let child = cmd.args(["-c", &script]).stdout(Stdio::piped()).spawn().expect("start capture");
-    std::thread::sleep(Duration::from_millis(800)); // the sniffer is up
-    std::thread::spawn(move || {
-        let out = child.wait_with_output().unwrap();
-        String::from_utf8_lossy(&out.stdout).trim().parse().expect("capture count")
-    })
-}
-
-fn counter(net: &TestNet, ip: IpAddr, field: &str) -> u64 {
-    net.stats_of(ip)[field].as_u64().unwrap_or(0)
 }
 
 #[test]
@@ -83,7 +29,7 @@ fn foreign_ethertypes_and_vlan_tags_are_dropped_and_counted() {
     let mut net = TestNet::new("secl2", 91, json!({}));
     let (a, b) = (net.add_pod("a"), net.add_pod("b"));
     let (ip_a, ip_b, mac_a, mac_b) = (a.ip(4), b.ip(4), mac_of(&a), mac_of(&b));
-    let before = counter(&net, ip_a, "drop_parse");
+    let before = stats_field(&net, ip_a, "drop_parse");
     // Anything that reaches b with a tag, of the foreign type, or as the
     // smuggled SYN to port 81.
     let seen = capture(&b, "Dot1Q in p or Dot1AD in p or p.type == 0x88b5 or (TCP in p and p[TCP].dport == 81)", 3);
@@ -99,7 +45,7 @@ fn foreign_ethertypes_and_vlan_tags_are_dropped_and_counted() {
         ),
     );
     assert_eq!(seen.join().unwrap(), 0, "a tagged or foreign frame reached pod b");
-    assert_eq!(counter(&net, ip_a, "drop_parse") - before, 4, "{:?}", net.stats_of(ip_a));
+    assert_eq!(stats_field(&net, ip_a, "drop_parse") - before, 4, "{:?}", net.stats_of(ip_a));
     // Plain IPv4 still flows.
     assert!(a.ping(ip_b, 2));
 }
@@ -119,7 +65,7 @@ fn router_advertisements_from_a_pod_are_dropped() {
     // The victim would take a default route from any router.
     netns_sh(&b.netns, "sysctl -qw net.ipv6.conf.all.forwarding=0 net.ipv6.conf.eth0.accept_ra=1");
     let mac_a = mac_of(&a);
-    let before = counter(&net, a.ip(4), "drop_spoofed");
+    let before = stats_field(&net, a.ip(4), "drop_spoofed");
     scapy(
         &a,
         &format!(
@@ -134,7 +80,7 @@ fn router_advertisements_from_a_pod_are_dropped() {
     std::thread::sleep(Duration::from_millis(500));
     let routes = netns_sh(&b.netns, "ip -6 route show default");
     assert!(!routes.contains("fe80"), "pod b took a default route from pod a: {routes}");
-    assert_eq!(counter(&net, a.ip(4), "drop_spoofed") - before, 4, "{:?}", net.stats_of(a.ip(4)));
+    assert_eq!(stats_field(&net, a.ip(4), "drop_spoofed") - before, 4, "{:?}", net.stats_of(a.ip(4)));
 }
 
 /// IPV6_DSTOPTS puts a destination options header before TCP: policy must
@@ -204,9 +150,9 @@ fn ipv6_extension_headers_do_not_hide_the_transport_port() {
         net.cli(&["policy", "allow", &a.ip(6).to_string(), &b.ip(6).to_string(), "--proto", "tcp", "--port", "80"]);
     assert!(rule.status.success(), "{}", String::from_utf8_lossy(&rule.stderr));
     assert!(tcp6_with_dstopts(&b, &a, 80), "the allowed port with a destination options header was refused");
-    let before = counter(&net, a.ip(4), "drop_policy");
+    let before = stats_field(&net, a.ip(4), "drop_policy");
     assert!(!tcp6_with_dstopts(&b, &a, 81), "a denied port was reached behind a destination options header");
-    assert!(counter(&net, a.ip(4), "drop_policy") > before, "the refused SYN was not counted as a policy drop");
+    assert!(stats_field(&net, a.ip(4), "drop_policy") > before, "the refused SYN was not counted as a policy drop");
 }
 
 /// The pod's link-local address once duplicate address detection is done
@@ -284,10 +230,10 @@ fn link_local_addresses_get_policy_and_cannot_be_spoofed() {
     let (ip_a, ip_b) = (a.ip(4), b.ip(4));
     ok(net.cli(&["policy", "allow", &ip_a.to_string(), &ip_b.to_string(), "--proto", "tcp", "--port", "80"]));
     assert!(tcp_reachable(Some(&b), Some(&a), SocketAddr::new(ip_b, 80)), "the allowed port");
-    let before = counter(&net, ip_a, "drop_policy");
+    let before = stats_field(&net, ip_a, "drop_policy");
     assert!(!tcp_link_local(&net, Some(&b), &a, 81), "a reached b's link-local address on a denied port");
     assert!(
-        counter(&net, ip_a, "drop_policy") > before,
+        stats_field(&net, ip_a, "drop_policy") > before,
         "the link-local SYN was not counted: {:?}",
         net.stats_of(ip_a)
     );
@@ -295,7 +241,7 @@ fn link_local_addresses_get_policy_and_cannot_be_spoofed() {
     // Another pod's link-local address, or one made up, as the source.
     let (ll_b, mac_a) = (link_local(Some(&b.netns), "eth0"), mac_of(&a));
     let ll_a = link_local(Some(&a.netns), "eth0");
-    let before = counter(&net, ip_a, "drop_spoofed");
+    let before = stats_field(&net, ip_a, "drop_spoofed");
     let seen = capture(&b, "IPv6 in p and p[IPv6].src in ('fe80::bad', 'fe80::1:bad')", 3);
     scapy(
         &a,
@@ -307,7 +253,7 @@ fn link_local_addresses_get_policy_and_cannot_be_spoofed() {
         ),
     );
     assert_eq!(seen.join().unwrap(), 0, "a spoofed link-local source reached pod b");
-    assert_eq!(counter(&net, ip_a, "drop_spoofed") - before, 3, "{:?}", net.stats_of(ip_a));
+    assert_eq!(stats_field(&net, ip_a, "drop_spoofed") - before, 3, "{:?}", net.stats_of(ip_a));
     // The pod's own link-local address is registered: the maps show it.
     assert!(net.dump("endpoints").iter().any(|e| e["ip"] == json!(ll_a.to_string())), "{:?}", net.dump("endpoints"));
     // DEL takes it away with the pod.
@@ -328,7 +274,7 @@ fn neighbour_advertisements_speak_only_for_the_pods_own_addresses() {
     let (a, b) = (net.add_pod("a"), net.add_pod("b"));
     let gw_ll = link_local(None, &net.bridge);
     let (ll_a, ll_b, mac_a) = (link_local(Some(&a.netns), "eth0"), link_local(Some(&b.netns), "eth0"), mac_of(&a));
-    let before = counter(&net, a.ip(4), "drop_spoofed");
+    let before = stats_field(&net, a.ip(4), "drop_spoofed");
     let targets = format!("('{gw_ll}', '{ll_b}', '{ll_a}')");
     let seen = capture(&b, &format!("ICMPv6ND_NA in p and p[ICMPv6ND_NA].tgt in {targets}"), 3);
     scapy(
@@ -341,7 +287,7 @@ fn neighbour_advertisements_speak_only_for_the_pods_own_addresses() {
     );
     // Only the advertisement of a's own link-local address arrives.
     assert_eq!(seen.join().unwrap(), 1, "a forged NA reached pod b (or a's own did not)");
-    assert_eq!(counter(&net, a.ip(4), "drop_spoofed") - before, 2, "{:?}", net.stats_of(a.ip(4)));
+    assert_eq!(stats_field(&net, a.ip(4), "drop_spoofed") - before, 2, "{:?}", net.stats_of(a.ip(4)));
     let neigh = netns_sh(&b.netns, "ip -6 neigh show");
     assert!(
         !neigh.contains(&format!("{gw_ll} dev eth0 lladdr {mac_a}")),
@@ -406,7 +352,7 @@ fn fuzzed_frames_from_a_pod_get_nothing_past_the_datapath() {
     let from_a = format!("p.src == '{mac_a}' and not ({})", legitimate(&mac_a, ip_a));
     let at_b = capture(&b, &from_a, 6);
     let at_node = capture_on(None, &net.bridge, &from_a, 6);
-    let before: u64 = ["drop_parse", "drop_spoofed", "drop_policy"].iter().map(|f| counter(&net, ip_a, f)).sum();
+    let before: u64 = ["drop_parse", "drop_spoofed", "drop_policy"].iter().map(|f| stats_field(&net, ip_a, f)).sum();
     let sent: u64 = scapy(
         &a,
         &format!(
@@ -450,7 +396,7 @@ fn fuzzed_frames_from_a_pod_get_nothing_past_the_datapath() {
     assert_eq!(at_b.join().unwrap(), 0, "a fuzzed frame from pod a reached pod b");
     assert_eq!(at_node.join().unwrap(), 0, "a fuzzed frame from pod a reached the node");
     let refused: u64 =
-        ["drop_parse", "drop_spoofed", "drop_policy"].iter().map(|f| counter(&net, ip_a, f)).sum::<u64>() - before;
+        ["drop_parse", "drop_spoofed", "drop_policy"].iter().map(|f| stats_field(&net, ip_a, f)).sum::<u64>() - before;
     assert!(refused >= sent / 2, "only {refused} of {sent} fuzzed frames were counted as dropped");
     // The pods still work.
     let ok = net.cli(&["policy", "allow", &ip_a.to_string(), &ip_b.to_string(), "--proto", "icmp"]);

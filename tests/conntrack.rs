@@ -7,61 +7,16 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::frames::*;
 use common::*;
 use serde_json::{json, Value};
-
-const PYTHON: &str = "/usr/bin/python3";
-
-fn mac_of(pod: &Pod) -> String {
-    pod.result["interfaces"][2]["mac"].as_str().unwrap().to_string()
-}
-
-/// Runs a scapy script in `pod`'s netns (scapy's names imported).
-fn scapy(pod: &Pod, script: &str) -> String {
-    let out = Command::new("ip")
-        .args(["netns", "exec", &pod.netns, PYTHON, "-c"])
-        .arg(format!("from scapy.all import *\nconf.verb = 0\n{script}"))
-        .stderr(Stdio::piped())
-        .output()
-        .expect("run python3 (apt-get install python3-scapy)");
-    assert!(out.status.success(), "scapy in {}: {}", pod.netns, String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn counter(net: &TestNet, ip: IpAddr, field: &str) -> u64 {
-    net.stats_of(ip)[field].as_u64().unwrap_or(0)
-}
 
 fn allow(net: &TestNet, src: IpAddr, dst: IpAddr, proto: &str) {
     let out = net.cli(&["policy", "allow", &src.to_string(), &dst.to_string(), "--proto", proto]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-}
-
-fn monitor(net: &TestNet, args: &[&str]) -> Child {
-    Command::new(BIN)
-        .arg("monitor")
-        .args(args)
-        .args(["--network", &net.name, "--pin-path"])
-        .arg(&net.pin_path)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-/// Waits until monitor `pid` reads the events (it registers itself).
-fn registered(net: &TestNet, pid: u32) {
-    let me = net.pin_path.join(&net.name).join("monitors").join(pid.to_string());
-    for _ in 0..200 {
-        if me.exists() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("monitor not registered in 10 s");
 }
 
 fn json_lines(out: &[u8]) -> Vec<Value> {
@@ -104,7 +59,7 @@ fn a_flood_of_new_flows_is_capped_per_pod_and_spares_established_ones() {
     let _sink = b.run_in(move || UdpSocket::bind(SocketAddr::new(ip_b, 9)).unwrap());
     let mon = monitor(&net, &["--json", "--count", "1", "--duration", "60"]);
     registered(&net, mon.id());
-    let before = counter(&net, ip_a, "drop_policy");
+    let before = stats_field(&net, ip_a, "drop_policy");
     // 3000 new UDP flows from a, faster than their entries expire.
     let (mac_a, mac_b) = (mac_of(&a), mac_of(&b));
     scapy(
@@ -114,7 +69,7 @@ fn a_flood_of_new_flows_is_capped_per_pod_and_spares_established_ones() {
              sendp([e/UDP(sport=1024 + i, dport=9)/Raw(b'x') for i in range(3000)], iface='eth0')"
         ),
     );
-    let refused = counter(&net, ip_a, "drop_policy") - before;
+    let refused = stats_field(&net, ip_a, "drop_policy") - before;
     // At least all beyond the budget (CT_NEW_PER_POD, 2048 per window).
     assert!(refused >= 3000 - 2048, "{refused} of a's 3000 new flows refused");
     let out = mon.wait_with_output().unwrap();
@@ -169,11 +124,11 @@ fn an_unanswered_flow_expires_and_its_late_reply_is_dropped() {
     sock_a2.send_to(b"ask", SocketAddr::new(ip_b, 5000)).unwrap();
     let (_, from) = sock_b.recv_from(&mut buf).unwrap();
     assert_eq!(from.port(), 4001);
-    let before = counter(&net, ip_b, "drop_policy");
+    let before = stats_field(&net, ip_b, "drop_policy");
     std::thread::sleep(Duration::from_secs(11));
     sock_b.send_to(b"late", from).unwrap();
     assert!(sock_a2.recv_from(&mut buf).is_err(), "the reply of an expired flow passed");
-    assert_eq!(counter(&net, ip_b, "drop_policy") - before, 1, "{:?}", net.stats_of(ip_b));
+    assert_eq!(stats_field(&net, ip_b, "drop_policy") - before, 1, "{:?}", net.stats_of(ip_b));
 }
 
 #[test]
@@ -187,7 +142,7 @@ fn a_flood_of_drops_from_one_pod_leaves_room_for_the_others_events() {
     let mon = monitor(&net, &["--json", "--count", "40", "--duration", "5"]);
     registered(&net, mon.id());
     // 500 spoofed packets from a: 500 drops.
-    let before = counter(&net, a.ip(4), "drop_spoofed");
+    let before = stats_field(&net, a.ip(4), "drop_spoofed");
     scapy(
         &a,
         &format!(
@@ -195,7 +150,7 @@ fn a_flood_of_drops_from_one_pod_leaves_room_for_the_others_events() {
              for i in range(500)], iface='eth0')"
         ),
     );
-    assert_eq!(counter(&net, a.ip(4), "drop_spoofed") - before, 500);
+    assert_eq!(stats_field(&net, a.ip(4), "drop_spoofed") - before, 500);
     // Then a single one from b.
     let spoofed_by_b = std::net::Ipv4Addr::new(10, 251, 172, 250);
     let dst = match ip_c {
@@ -214,17 +169,6 @@ fn a_flood_of_drops_from_one_pod_leaves_room_for_the_others_events() {
     assert!(lost >= 500 - of_a as u64, "b's event reports {lost} lost, a had {of_a} of 500 shown");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("events lost"), "the monitor did not report the loss: {stderr}");
-}
-
-fn dual_stack(tag: &str, id: u8, extra: Value) -> TestNet {
-    let mut conf = json!({
-        "subnet": null,
-        "ipam": {"ranges": [[{"subnet": format!("10.251.{id}.0/24")}], [{"subnet": format!("fd00:251:{id}::/64")}]]},
-    });
-    for (k, v) in extra.as_object().unwrap() {
-        conf[k] = v.clone();
-    }
-    TestNet::new(tag, id, conf)
 }
 
 /// Captures on `pod`'s eth0 for `secs` seconds; for each Python
@@ -277,7 +221,7 @@ fn fragments_of_an_allowed_datagram_pass_and_only_those() {
         &["IP in p and p[IP].id == 4242", "IPv6ExtHdrFragment in p and p[IPv6ExtHdrFragment].id == 4242"],
         3,
     );
-    let before = counter(&net, a.ip(4), "drop_policy");
+    let before = stats_field(&net, a.ip(4), "drop_policy");
     scapy(
         &a,
         &format!(
@@ -291,7 +235,7 @@ fn fragments_of_an_allowed_datagram_pass_and_only_those() {
         ),
     );
     assert_eq!(seen.join().unwrap(), vec![0, 0], "a stray later fragment reached b");
-    assert_eq!(counter(&net, a.ip(4), "drop_policy") - before, 2, "{:?}", net.stats_of(a.ip(4)));
+    assert_eq!(stats_field(&net, a.ip(4), "drop_policy") - before, 2, "{:?}", net.stats_of(a.ip(4)));
 }
 
 #[test]
@@ -325,7 +269,7 @@ fn icmp_errors_of_tracked_flows_pass_as_related() {
         ],
         3,
     );
-    let before = counter(&net, b.ip(4), "drop_policy");
+    let before = stats_field(&net, b.ip(4), "drop_policy");
     // From b: fragmentation needed / packet too big about a's datagram,
     // then the same about a flow that was never allowed (port 5001).
     let (a4, b4, a6, b6) = (a.ip(4), b.ip(4), a.ip(6), b.ip(6));
@@ -343,5 +287,5 @@ fn icmp_errors_of_tracked_flows_pass_as_related() {
         vec![1, 0, 1, 0],
         "ICMP errors seen by a: related 4, unrelated 4, related 6, unrelated 6"
     );
-    assert_eq!(counter(&net, b.ip(4), "drop_policy") - before, 2, "{:?}", net.stats_of(b.ip(4)));
+    assert_eq!(stats_field(&net, b.ip(4), "drop_policy") - before, 2, "{:?}", net.stats_of(b.ip(4)));
 }

@@ -6,8 +6,9 @@
 mod common;
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
+use common::frames::*;
 use common::*;
 use serde_json::{json, Value};
 
@@ -16,36 +17,6 @@ fn v4(ip: IpAddr) -> Ipv4Addr {
         IpAddr::V4(v) => v,
         _ => panic!("not IPv4"),
     }
-}
-
-/// Polls what the test cannot be notified of (a registration appearing,
-/// a flag the guard clears), up to 10 s.
-fn wait_for(what: &str, cond: impl Fn() -> bool) {
-    for _ in 0..200 {
-        if cond() {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    panic!("{what}: not reached in 10 s");
-}
-
-fn monitor(net: &TestNet, args: &[&str]) -> Child {
-    Command::new(BIN)
-        .arg("monitor")
-        .args(args)
-        .args(["--network", &net.name, "--pin-path"])
-        .arg(&net.pin_path)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-/// Waits until monitor `pid` reads the events (it registers itself).
-fn registered(net: &TestNet, pid: u32) {
-    let me = net.pin_path.join(&net.name).join("monitors").join(pid.to_string());
-    wait_for("monitor registered", || me.exists());
 }
 
 fn tracing(net: &TestNet) -> bool {
