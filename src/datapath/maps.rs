@@ -227,6 +227,31 @@ pub struct ConntrackFill {
     pub new_max: u32,
 }
 
+/// A flow-keyed entry (conntrack, ct_new, hostflows) as user space reads it.
+fn flow_entry(k: &ct_key, v: ct_value, established: bool) -> ConntrackEntry {
+    ConntrackEntry {
+        src: key_to_ip(&k.src),
+        dst: key_to_ip(&k.dst),
+        sport: k.sport,
+        dport: k.dport,
+        proto: k.proto,
+        last_seen_ns: v.last_seen_ns,
+        generation: v.generation,
+        established,
+    }
+}
+
+/// Deletes every entry whose key `doomed` picks; returns how many. The
+/// keys are collected first: deleting the key an iteration stands on makes
+/// the kernel start over from the first key (quadratic).
+fn delete_where(map: &MapHandle, what: &str, doomed: impl Fn(&[u8]) -> bool) -> Result<usize> {
+    let keys: Vec<Vec<u8>> = map.keys().filter(|k| doomed(k)).collect();
+    for key in &keys {
+        delete(map, key, what)?;
+    }
+    Ok(keys.len())
+}
+
 pub struct Maps {
     pub endpoints: MapHandle,
     pub pods: MapHandle,
@@ -585,56 +610,29 @@ impl Maps {
     /// Keeps only the tracked connections and host flows `keep(src, dst)`
     /// accepts (both maps are keyed by flow); returns how many went.
     pub fn retain_conntrack(&self, keep: impl Fn(IpAddr, IpAddr) -> bool) -> Result<usize> {
+        let flow = |key: &[u8]| {
+            let k: ct_key = from_bytes(key);
+            !keep(key_to_ip(&k.src), key_to_ip(&k.dst))
+        };
         let mut n = 0;
         for (map, what) in
             [(&self.conntrack, "tracked connection"), (&self.ct_new, "new connection"), (&self.hostflows, "host flow")]
         {
-            // Collected first: deleting the key an iteration stands on makes
-            // the kernel start over from the first key (quadratic).
-            let doomed: Vec<Vec<u8>> = map
-                .keys()
-                .filter(|key| {
-                    let k: ct_key = from_bytes(key);
-                    !keep(key_to_ip(&k.src), key_to_ip(&k.dst))
-                })
-                .collect();
-            for key in &doomed {
-                delete(map, key, what)?;
-            }
-            n += doomed.len();
+            n += delete_where(map, what, flow)?;
         }
         // Fragmented datagrams being let through, keyed by their ends too.
-        let doomed: Vec<Vec<u8>> = self
-            .frags
-            .keys()
-            .filter(|key| {
-                let k: frag_key = from_bytes(key);
-                !keep(key_to_ip(&k.src), key_to_ip(&k.dst))
-            })
-            .collect();
-        for key in &doomed {
-            delete(&self.frags, key, "fragmented datagram")?;
-        }
+        delete_where(&self.frags, "fragmented datagram", |key| {
+            let k: frag_key = from_bytes(key);
+            !keep(key_to_ip(&k.src), key_to_ip(&k.dst))
+        })?;
         Ok(n)
     }
 
     /// Flows from a pod of this node that reached another through the
     /// host (their replies go back that way), as they arrived.
     pub fn hostflows(&self) -> Result<Vec<ConntrackEntry>> {
-        let mut out = Vec::new();
-        for key in self.hostflows.keys() {
-            let k: ct_key = from_bytes(&key);
-            out.push(ConntrackEntry {
-                src: key_to_ip(&k.src),
-                dst: key_to_ip(&k.dst),
-                sport: k.sport,
-                dport: k.dport,
-                proto: k.proto,
-                last_seen_ns: 0,
-                generation: 0,
-                established: false,
-            });
-        }
+        let mut out: Vec<ConntrackEntry> =
+            self.hostflows.keys().map(|key| flow_entry(&from_bytes(&key), ct_value::default(), false)).collect();
         out.sort_by_key(|c| (c.src, c.dst, c.sport, c.dport));
         Ok(out)
     }
@@ -659,16 +657,7 @@ impl Maps {
                 let Some(raw) = map.lookup(&key, MapFlags::ANY).context("read conntrack")? else { continue };
                 let k: ct_key = from_bytes(&key);
                 let v: ct_value = if established { from_bytes(&raw) } else { from_bytes::<ct_new_value>(&raw).ct };
-                out.push(ConntrackEntry {
-                    src: key_to_ip(&k.src),
-                    dst: key_to_ip(&k.dst),
-                    sport: k.sport,
-                    dport: k.dport,
-                    proto: k.proto,
-                    last_seen_ns: v.last_seen_ns,
-                    generation: v.generation,
-                    established,
-                });
+                out.push(flow_entry(&k, v, established));
             }
         }
         out.sort_by_key(|c| (c.src, c.dst, c.sport, c.dport));
