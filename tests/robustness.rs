@@ -27,8 +27,11 @@ fn assert_clean(net: &TestNet, container_ids: &[String]) {
         .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
         .unwrap_or_default();
     for f in &stray {
-        assert!(f == "lock" || f.starts_with("last_reserved_ip."), "stray file {f} in {}", dir.display());
+        let store = f == "lock" || f == "boot_id" || f.starts_with("last_reserved_ip.");
+        assert!(store || f == "attachments", "stray file {f} in {}", dir.display());
     }
+    let records: Vec<_> = std::fs::read_dir(dir.join("attachments")).into_iter().flatten().flatten().collect();
+    assert!(records.is_empty(), "attachment records left: {records:?}");
 }
 
 #[test]

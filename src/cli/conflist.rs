@@ -35,6 +35,15 @@ pub struct ConflistArgs {
     command: ConflistCommand,
 }
 
+/// The ebpfcni network a conflist configures, as the plugin would see it.
+pub fn net_conf(file: &Path) -> Result<NetConf> {
+    let (v, at) = read(file)?;
+    let mut ours = v["plugins"][at].clone();
+    ours["name"] = v["name"].clone();
+    ours["cniVersion"] = v["cniVersion"].clone();
+    NetConf::parse(ours.to_string().as_bytes())
+}
+
 /// Reads a conflist: JSON, a `plugins` list, an ebpfcni plugin whose
 /// config (with the list's name and version) is valid.
 fn read(file: &Path) -> Result<(Value, usize)> {

@@ -9,6 +9,7 @@ mod node;
 mod pods;
 mod podview;
 mod policy;
+mod repair;
 mod status;
 
 use std::path::PathBuf;
@@ -49,6 +50,9 @@ enum Command {
     Status(status::StatusArgs),
     /// One line per pod: container, netns, addresses, veth, attachment, identity, counters.
     Pods(pods::PodsArgs),
+    /// Rebuild lost or outdated maps and attachments of running pods from
+    /// the lease store and the node's links (after bpffs was remounted or wiped).
+    Repair(repair::RepairArgs),
     /// Print the plugin version, the BPF program identity and CNI versions.
     Version,
     /// Validates a conflist and picks its CNI version (scripts/install.sh).
@@ -116,6 +120,7 @@ pub fn main() -> i32 {
         Command::Status(args) => status::run(&args),
         Command::Node { command } => node::run(command),
         Command::Pods(args) => pods::run(&args),
+        Command::Repair(args) => repair::run(&args),
         Command::BenchDatapath(args) => bench::run(&args),
         Command::Version => {
             println!(

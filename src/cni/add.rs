@@ -12,7 +12,7 @@ use super::host_veth_name;
 use super::result::{ip_config, mac_string, AddResult, Interface, RouteJson};
 use super::undo::Undo;
 use crate::datapath::{self, Attached, Datapath, EndpointEntry, PodEntry};
-use crate::ipam::{self, Allocation, Cidr, DiskStore, LeaseStore};
+use crate::ipam::{self, Allocation, AttachmentRecord, Cidr, DiskStore, LeaseStore};
 use crate::netlink::{Link, Netlink, Netns};
 use crate::policy;
 
@@ -30,7 +30,7 @@ pub fn add(conf: &NetConf, env: &CniEnv) -> Result<AddResult> {
     }
     // Held to the end: a concurrent ADD or DEL of this attachment waits.
     let _attachment = super::attach_lock::lock(&conf.data_dir, &conf.name, &env.container_id, &env.ifname)?;
-    let dp = Datapath::load(&conf.bpf_pin_path, &conf.name)?;
+    let dp = super::repair::load(conf)?;
     let host = Netlink::connect()?;
     let host_if = host_veth_name(&env.container_id, &env.ifname);
     std::thread::scope(|scope| add_in_scope(scope, conf, env, &ns, &dp, &host, &host_if))
@@ -119,6 +119,15 @@ fn add_in_scope<'s, 'e>(
 
     let (allocs, held) = {
         let mut store = DiskStore::open(&conf.data_dir, &conf.name)?;
+        // After a reboot no pod of the leases is left: their addresses are free.
+        let alive = |l: &ipam::Lease| {
+            l.is_for(&env.container_id, &env.ifname)
+                || host.link_by_name(&host_veth_name(&l.container_id, &l.ifname)).map_or(true, |v| v.is_some())
+        };
+        for l in store.reclaim_earlier_boot(&alive)? {
+            eprintln!("ebpfcni: released {} of {} (leased before this boot)", l.ip, l.container_id);
+            ipam::attachments::remove(&conf.data_dir, &conf.name, &host_veth_name(&l.container_id, &l.ifname))?;
+        }
         let requested: Vec<IpAddr> = conf.requested_ips.iter().chain(&env.requested_ips).copied().collect();
         one_request_per_set(conf, &requested)?;
         let held: Vec<IpAddr> = store.leases_of(&env.container_id, &env.ifname)?.iter().map(|l| l.ip).collect();
@@ -184,6 +193,18 @@ fn add_in_scope<'s, 'e>(
         undo.push("remove pod entry", move || maps.remove_pod(ifindex));
     }
     maps.put_pod(&PodEntry { ifindex, addr: allocs[0].address.addr, mac: pod_mac })?;
+    // The truth the maps are rebuilt from when they are lost.
+    let record = AttachmentRecord {
+        container_id: env.container_id.clone(),
+        ifname: env.ifname.clone(),
+        host_veth: host_if.to_string(),
+        mac: ipam::format_mac(pod_mac),
+        ips: allocs.iter().map(|a| a.address.addr).collect(),
+    };
+    ipam::attachments::save(&conf.data_dir, &conf.name, &record)?;
+    if fresh {
+        undo.push("remove attachment record", move || ipam::attachments::remove(&conf.data_dir, &conf.name, host_if));
+    }
     host.set_up(host_link.index)?;
     undo.commit();
 

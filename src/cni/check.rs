@@ -10,7 +10,6 @@ use super::env::CniEnv;
 use super::error::{CniError, CHECK_FAILED, INVALID_CONFIG, INVALID_ENV};
 use super::host_veth_name;
 use super::result::{mac_string, AddResult};
-use crate::datapath::Datapath;
 use crate::ipam::{Cidr, DiskStore, LeaseStore};
 use crate::netlink::{Netlink, Netns};
 
@@ -76,7 +75,7 @@ pub fn check(conf: &NetConf, env: &CniEnv) -> Result<()> {
     }
 
     // The datapath: program on that veth (by ifindex), endpoint entries.
-    let dp = Datapath::open_pinned(&conf.bpf_pin_path, &conf.name)?.ok_or_else(|| {
+    let dp = super::repair::load_existing(conf)?.ok_or_else(|| {
         mismatch(format!("the network's BPF program is not pinned under {}", conf.bpf_pin_path.display()))
     })?;
     let pod_mac = pod_link.mac.unwrap_or_default();

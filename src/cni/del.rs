@@ -8,7 +8,7 @@ use anyhow::Result;
 use super::config::NetConf;
 use super::env::CniEnv;
 use super::{host_veth_name, link_local};
-use crate::datapath::{self, Maps};
+use crate::datapath;
 use crate::ipam::{self, DiskStore, LeaseStore};
 use crate::netlink::Netlink;
 use crate::policy;
@@ -20,14 +20,33 @@ pub fn del(conf: &NetConf, env: &CniEnv) -> Result<Vec<IpAddr>> {
     let host_link = host.link_by_name(&host_if)?;
     // The lease lock is held only to read and, at the end, to release: not
     // across the veth's deletion, which takes the kernel tens of ms.
-    let ips: Vec<IpAddr> = DiskStore::open(&conf.data_dir, &conf.name)?
+    let mut ips: Vec<IpAddr> = DiskStore::open(&conf.data_dir, &conf.name)?
         .leases_of(&env.container_id, &env.ifname)?
         .iter()
         .map(|l| l.ip)
         .collect();
+    // The attachment's record still names its addresses and MAC when the
+    // lease files are already gone.
+    let record = ipam::attachments::load(&conf.data_dir, &conf.name, &host_if);
+    if let Some(r) = &record {
+        ips.extend(r.ips.iter().copied());
+        ips.extend(r.mac_bytes().map(link_local::of_mac));
+        ips.sort();
+        ips.dedup();
+    }
 
     let dir = datapath::network_dir(&conf.bpf_pin_path, &conf.name);
-    if let Some(maps) = Maps::open_if_pinned(&dir)? {
+    // Whatever state the pins are in (this build's, an older one's, partly
+    // lost), they are brought to this build's first; maps that cannot be
+    // loaded at all are only derived state: the pod still goes.
+    let dp = match super::repair::load_existing(conf) {
+        Ok(dp) => dp,
+        Err(e) => {
+            eprintln!("ebpfcni: DEL: the network's maps could not be loaded ({e:#}): removing the pod without them");
+            None
+        }
+    };
+    if let Some(maps) = dp.as_ref().map(|d| &d.maps) {
         // The pod entry of this veth names its first address: a crash may
         // have left entries whose lease is already gone, so that address
         // goes too. Only without the veth must DEL search the pods map.
@@ -57,10 +76,13 @@ pub fn del(conf: &NetConf, env: &CniEnv) -> Result<Vec<IpAddr>> {
         }
         maps.remove_conntrack_of(&stale)?;
         let _lock = datapath::lock_dir(&dir)?;
-        policy::unregister_pod(&maps, &stale)?;
+        policy::unregister_pod(maps, &stale)?;
     }
-    datapath::detach(&dir, &host_if)?;
+    if let Err(e) = datapath::detach(&dir, &host_if) {
+        eprintln!("ebpfcni: DEL: {e:#}");
+    }
     host.delete_link(&host_if)?;
+    ipam::attachments::remove(&conf.data_dir, &conf.name, &host_if)?;
     ipam::release(&mut DiskStore::open(&conf.data_dir, &conf.name)?, &env.container_id, &env.ifname)?;
     Ok(ips)
 }

@@ -12,8 +12,8 @@ use anyhow::Result;
 use super::config::{Attachment, NetConf};
 use super::error::{CniError, INVALID_CONFIG};
 use super::{host_veth_name, link_local};
-use crate::datapath::{self, Maps};
-use crate::ipam::{DiskStore, LeaseStore};
+use crate::datapath;
+use crate::ipam::{self, DiskStore, LeaseStore};
 use crate::netlink::Netlink;
 use crate::policy;
 
@@ -31,7 +31,8 @@ pub fn gc(conf: &NetConf) -> Result<Vec<IpAddr>> {
     let mut store = DiskStore::open(&conf.data_dir, &conf.name)?;
     let host = Netlink::connect()?;
     let dir = datapath::network_dir(&conf.bpf_pin_path, &conf.name);
-    let maps = Maps::open_if_pinned(&dir)?;
+    let dp = super::repair::load_existing(conf)?;
+    let maps = dp.as_ref().map(|d| &d.maps);
 
     let mut released = Vec::new();
     for lease in store.leases()? {
@@ -44,6 +45,7 @@ pub fn gc(conf: &NetConf) -> Result<Vec<IpAddr>> {
             host.delete_link(&veth)?;
         }
         store.release(lease.ip)?;
+        ipam::attachments::remove(&conf.data_dir, &conf.name, &host_veth_name(&lease.container_id, &lease.ifname))?;
         released.push(lease.ip);
     }
     for ip in store.unreadable()? {
@@ -64,6 +66,11 @@ pub fn gc(conf: &NetConf) -> Result<Vec<IpAddr>> {
         if !valid_veths.contains(&veth) {
             datapath::detach(&dir, &veth)?;
             host.delete_link(&veth)?;
+        }
+    }
+    for r in ipam::attachments::load_all(&conf.data_dir, &conf.name) {
+        if !is_valid(&r.container_id, &r.ifname) {
+            ipam::attachments::remove(&conf.data_dir, &conf.name, &r.host_veth)?;
         }
     }
     if let Some(maps) = maps {
@@ -96,10 +103,10 @@ pub fn gc(conf: &NetConf) -> Result<Vec<IpAddr>> {
             }
         }
         let _lock = datapath::lock_dir(&dir)?;
-        gone.extend(policy::pod_addresses(&maps)?.into_iter().filter(|ip| !kept.contains(ip)));
+        gone.extend(policy::pod_addresses(maps)?.into_iter().filter(|ip| !kept.contains(ip)));
         gone.sort();
         gone.dedup();
-        policy::unregister_pod(&maps, &gone)?;
+        policy::unregister_pod(maps, &gone)?;
         // Connections of no kept pod (released ones, and a pod's unspecified
         // source neighbour discovery) are nobody's.
         maps.retain_conntrack(|src, dst| kept.contains(&src) || kept.contains(&dst))?;

@@ -11,6 +11,7 @@ pub mod env;
 pub mod error;
 mod gc;
 pub mod link_local;
+pub mod repair;
 pub mod result;
 mod status;
 mod undo;

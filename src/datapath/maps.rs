@@ -381,12 +381,18 @@ impl Maps {
     }
 
     pub fn endpoints(&self) -> Result<Vec<EndpointEntry>> {
+        Self::endpoints_of(&self.endpoints)
+    }
+
+    /// The entries of an endpoints map opened on its own (another build's
+    /// pins, before this build's set is complete).
+    pub fn endpoints_of(map: &MapHandle) -> Result<Vec<EndpointEntry>> {
         let mut out = Vec::new();
-        for key in self.endpoints.keys() {
+        for key in map.keys() {
+            let Some(raw) = map.lookup(&key, MapFlags::ANY).context("read endpoints")? else { continue };
+            let info: endpoint_info = from_bytes(&raw);
             let ip = key_to_ip(&from_bytes::<ip_key>(&key));
-            if let Some(ep) = self.endpoint(ip)? {
-                out.push(ep);
-            }
+            out.push(EndpointEntry { ip, ifindex: info.ifindex, mac: info.mac, flags: info.flags });
         }
         out.sort_by_key(|e| e.ip);
         Ok(out)

@@ -10,7 +10,11 @@
 //! Every CNI invocation is a short-lived process: the first one loads and
 //! pins, later ones open the pins. A binary carrying a different program
 //! loads its own, moves every existing attachment to it atomically, then
-//! removes the old program's pin.
+//! removes the old program's pin. A pinned map whose layout (see
+//! layout.rs) is this build's is shared; one of another layout is replaced
+//! by a new map, filled before any pod's program is switched (copied when
+//! its entries are the same, else rebuilt by the caller: see `fresh`); a
+//! missing one is created. The old map goes with the old program.
 
 use std::fs::{self, File};
 use std::mem::MaybeUninit;
@@ -18,12 +22,13 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use libbpf_rs::skel::{OpenSkel, SkelBuilder};
-use libbpf_rs::{Link, Program};
+use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
+use libbpf_rs::{Link, MapCore, MapFlags, MapHandle, Program};
 use nix::fcntl::{Flock, FlockArg};
 use nix::mount::{mount, MsFlags};
 use nix::sys::statfs::statfs;
 
+use super::layout;
 use super::maps::{Maps, MAP_NAMES};
 use super::skel::DatapathSkelBuilder;
 use super::{attach, BPF_ID};
@@ -83,6 +88,10 @@ pub struct Datapath {
     /// `to_pod`, for the host veth's egress.
     pub prog_to: OwnedFd,
     pub maps: Maps,
+    /// Maps that started empty in this call (created, or replaced by one of
+    /// this build's layout whose entries could not be copied): derived
+    /// state the caller rebuilds from the lease store and the node.
+    pub fresh: Vec<String>,
 }
 
 fn open_prog(dir: &Path, prefix: &str) -> Result<OwnedFd> {
@@ -104,22 +113,24 @@ pub fn lock_dir(dir: &Path) -> Result<DirLock> {
 
 impl Datapath {
     /// Opens the network's pinned program and maps, loading and pinning
-    /// them first when this binary's program is not there yet.
-    pub fn load(pin_root: &Path, network: &str) -> Result<Self> {
+    /// them first when this binary's program or any of its maps is not
+    /// there. `refill(maps, fresh)` then rebuilds the derived state of the
+    /// maps that start empty, under the pin directory's lock (it must not
+    /// take it again) and before any pod is switched to the program.
+    pub fn load_with(pin_root: &Path, network: &str, refill: &dyn Fn(&Maps, &[String]) -> Result<()>) -> Result<Self> {
         ensure_bpffs(pin_root)?;
         let dir = network_dir(pin_root, network);
         fs::create_dir_all(dir.join(LINKS_DIR)).with_context(|| format!("create pin directory {}", dir.display()))?;
         let _lock = lock_dir(&dir)?;
-        if !dir.join(format!("{PROG_PREFIX}{BPF_ID}")).exists()
-            || !dir.join(format!("{PROG_TO_PREFIX}{BPF_ID}")).exists()
-        {
-            load_and_pin(&dir)?;
-        }
+        let complete = [PROG_PREFIX, PROG_TO_PREFIX].iter().all(|p| dir.join(format!("{p}{BPF_ID}")).exists())
+            && MAP_NAMES.iter().all(|m| dir.join(m).exists());
+        let fresh = if complete { Vec::new() } else { load_and_pin(&dir, refill)? };
         Ok(Datapath {
             prog: open_prog(&dir, PROG_PREFIX)?,
             prog_to: open_prog(&dir, PROG_TO_PREFIX)?,
             maps: Maps::open(&dir)?,
             dir,
+            fresh,
         })
     }
 }
@@ -129,7 +140,7 @@ impl Datapath {
     /// binary's program is not pinned for the network.
     pub fn open_pinned(pin_root: &Path, network: &str) -> Result<Option<Self>> {
         let dir = network_dir(pin_root, network);
-        if !dir.join(format!("{PROG_PREFIX}{BPF_ID}")).exists() {
+        if !dir.join(format!("{PROG_PREFIX}{BPF_ID}")).exists() || !MAP_NAMES.iter().all(|m| dir.join(m).exists()) {
             return Ok(None);
         }
         Ok(Some(Datapath {
@@ -137,6 +148,7 @@ impl Datapath {
             prog_to: open_prog(&dir, PROG_TO_PREFIX)?,
             maps: Maps::open(&dir)?,
             dir,
+            fresh: Vec::new(),
         }))
     }
 }
@@ -173,40 +185,93 @@ pub fn bpffs_available(pin_root: &Path) -> bool {
     is_bpffs(existing) || (pin_root.starts_with(DEFAULT_BPFFS) && Path::new(DEFAULT_BPFFS).is_dir())
 }
 
-fn load_and_pin(dir: &Path) -> Result<()> {
+/// A pinned map of another layout and what replaces it.
+struct Replaced {
+    name: String,
+    old: MapHandle,
+    old_layout: String,
+    new_layout: String,
+}
+
+/// Loads this build's program, shares or replaces the pinned maps, moves
+/// every pod onto the program, and returns the maps that started empty.
+fn load_and_pin(dir: &Path, refill: &dyn Fn(&Maps, &[String]) -> Result<()>) -> Result<Vec<String>> {
     remove_temporaries(dir);
     let mut object = MaybeUninit::uninit();
     let mut open = DatapathSkelBuilder::default().open(&mut object).context("open BPF skeleton")?;
-    // libbpf reuses a compatible map already pinned there, else pins the
-    // new one after load: pods keep their entries across upgrades.
+    let layouts: Vec<(String, String)> = open
+        .open_object()
+        .maps()
+        .map(|m| (m.name().to_string_lossy().into_owned(), layout::of_open_map(open.open_object(), &m)))
+        .filter(|(name, _)| MAP_NAMES.contains(&name.as_str()))
+        .collect();
+    let mut replaced = Vec::new();
+    let mut fresh = Vec::new();
+    for (name, new_layout) in layouts {
+        let pin = dir.join(&name);
+        let Ok(old) = MapHandle::from_pinned_path(&pin) else {
+            fresh.push(name);
+            continue;
+        };
+        let old_layout = layout::of_map(&old).with_context(|| format!("read the layout of {}", pin.display()))?;
+        if old_layout != new_layout {
+            replaced.push(Replaced { name, old, old_layout, new_layout });
+        }
+    }
+    // Which pods are on clsact (their filters are not pinned: the endpoints
+    // map says which), read before any map is replaced. An endpoints map
+    // of another layout is not read: every recorded pod is attached again
+    // after such a load (see `fresh`).
+    let tc_pods = if replaced.iter().any(|r| r.name == "endpoints") { Vec::new() } else { tc_attached(dir) };
+    // libbpf reuses a pinned map of the same layout and pins a missing one
+    // after load; a replaced one is pinned below, once loaded.
     for mut map in open.open_object_mut().maps_mut() {
         let name = map.name().to_string_lossy().into_owned();
-        if MAP_NAMES.contains(&name.as_str()) {
+        if MAP_NAMES.contains(&name.as_str()) && !replaced.iter().any(|r| r.name == name) {
             map.set_pin_path(dir.join(&name)).with_context(|| format!("set pin path of map {name}"))?;
         }
     }
     let mut skel = open.load().with_context(|| {
         let missing = super::missing_required(&super::probe_features());
         if missing.is_empty() {
-            format!(
-                "load BPF program into the kernel (maps pinned in {} may belong to an incompatible version)",
-                dir.display()
-            )
+            format!("load BPF program into the kernel (pins in {})", dir.display())
         } else {
             format!("load BPF program: this kernel lacks {}", missing.join(", "))
         }
     })?;
+    for map in skel.object().maps() {
+        let name = map.name().to_string_lossy().into_owned();
+        let Some(r) = replaced.iter().find(|r| r.name == name) else { continue };
+        let mut map = MapHandle::try_from(&map).with_context(|| format!("map {name}"))?;
+        // The old map stays in use by the old program until the switch.
+        let tmp = dir.join(format!("tmp_{name}_{}", std::process::id()));
+        map.pin(&tmp).with_context(|| format!("pin map at {}", tmp.display()))?;
+        fs::rename(&tmp, dir.join(&name)).with_context(|| format!("replace map {name}"))?;
+        if layout::same_entries(&r.old_layout, &r.new_layout) {
+            let new = MapHandle::from_pinned_path(dir.join(&name))?;
+            let lost = copy_entries(&r.old, &new);
+            if lost > 0 {
+                eprintln!("ebpfcni: map {name}: {lost} entries did not fit its new size");
+            }
+        } else {
+            eprintln!("ebpfcni: map {name} changed layout: rebuilt ({} -> {})", r.old_layout, r.new_layout);
+            fresh.push(name);
+        }
+    }
+    // Derived state first, so the switch finds every pod known.
+    refill(&Maps::open(dir)?, &fresh)?;
     for (prefix, prog) in [(PROG_PREFIX, &mut skel.progs.from_pod), (PROG_TO_PREFIX, &mut skel.progs.to_pod)] {
         // bpffs refuses '.' in names: no dot-file temporaries here.
         let tmp = dir.join(format!("tmp_{prefix}{BPF_ID}_{}", std::process::id()));
         let pin = dir.join(format!("{prefix}{BPF_ID}"));
-        let _ = fs::remove_file(&pin);
         prog.pin(&tmp).with_context(|| format!("pin program at {}", tmp.display()))?;
         fs::rename(&tmp, &pin).with_context(|| format!("pin program at {}", pin.display()))?;
     }
 
     let (from, to) = (&skel.progs.from_pod, &skel.progs.to_pod);
-    move_attachments(dir, from.as_fd(), to.as_fd(), |link, egress| link.update_prog(if egress { to } else { from }))?;
+    move_attachments(dir, &tc_pods, from.as_fd(), to.as_fd(), |link, egress| {
+        link.update_prog(if egress { to } else { from })
+    });
     for entry in fs::read_dir(dir)? {
         let path = entry?.path();
         let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
@@ -215,7 +280,30 @@ fn load_and_pin(dir: &Path) -> Result<()> {
             fs::remove_file(&path).with_context(|| format!("unpin old program {}", path.display()))?;
         }
     }
-    Ok(())
+    Ok(fresh)
+}
+
+/// Copies every entry of `old` into `new` (same key and value layout);
+/// returns how many did not fit.
+fn copy_entries(old: &MapHandle, new: &MapHandle) -> usize {
+    let percpu = old.map_type().is_percpu();
+    let keys: Vec<Vec<u8>> = old.keys().collect();
+    let mut lost = 0;
+    for key in keys {
+        let copied = if percpu {
+            match old.lookup_percpu(&key, MapFlags::ANY) {
+                Ok(Some(values)) => new.update_percpu(&key, &values, MapFlags::ANY).is_ok(),
+                _ => true, // gone meanwhile
+            }
+        } else {
+            match old.lookup(&key, MapFlags::ANY) {
+                Ok(Some(value)) => new.update(&key, &value, MapFlags::ANY).is_ok(),
+                _ => true,
+            }
+        };
+        lost += usize::from(!copied);
+    }
+    lost
 }
 
 /// Pins named tmp_* are left only by a load killed mid-way; we hold the
@@ -228,15 +316,26 @@ fn remove_temporaries(dir: &Path) {
     }
 }
 
+/// The host veths of this network's pods on clsact, from an endpoints
+/// map of this build's layout.
+fn tc_attached(dir: &Path) -> Vec<u32> {
+    let Ok(map) = MapHandle::from_pinned_path(dir.join("endpoints")) else { return Vec::new() };
+    match Maps::endpoints_of(&map) {
+        Ok(eps) => eps.into_iter().filter(|e| e.flags & super::ENDPOINT_F_TC != 0).map(|e| e.ifindex).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
 /// Moves every pod attached to an older program onto the new one: TCX
 /// links are updated in place, clsact filters replaced (both atomic).
 fn move_attachments(
     dir: &Path,
+    tc_pods: &[u32],
     from: std::os::fd::BorrowedFd<'_>,
     to: std::os::fd::BorrowedFd<'_>,
     update: impl Fn(&mut Link, bool) -> libbpf_rs::Result<()>,
-) -> Result<()> {
-    for pod in fs::read_dir(dir.join(LINKS_DIR))?.flatten() {
+) {
+    for pod in fs::read_dir(dir.join(LINKS_DIR)).into_iter().flatten().flatten() {
         for (name, egress) in [("ingress", false), ("egress", true)] {
             let path = pod.path().join(name);
             let Ok(mut link) = Link::open(&path) else { continue };
@@ -246,13 +345,12 @@ fn move_attachments(
             }
         }
     }
-    let maps = Maps::open(dir)?;
-    for ep in maps.endpoints()? {
-        if ep.flags & super::ENDPOINT_F_TC != 0 {
-            if let Err(e) = attach::replace_clsact(from, to, ep.ifindex) {
-                eprintln!("ebpfcni: could not move ifindex {} to the new program: {e}", ep.ifindex);
-            }
+    let mut tc_pods = tc_pods.to_vec();
+    tc_pods.sort();
+    tc_pods.dedup();
+    for ifindex in tc_pods {
+        if let Err(e) = attach::replace_clsact(from, to, ifindex) {
+            eprintln!("ebpfcni: could not move ifindex {ifindex} to the new program: {e}");
         }
     }
-    Ok(())
 }

@@ -1,6 +1,7 @@
 //! IP address management: which address each pod gets, recorded in a lease
 //! store so that allocations survive reboots and concurrent invocations.
 
+pub mod attachments;
 pub mod cidr;
 pub mod range;
 pub mod store;
@@ -10,6 +11,7 @@ use std::net::IpAddr;
 
 use anyhow::Result;
 
+pub use attachments::{format_mac, AttachmentRecord};
 pub use cidr::Cidr;
 pub use range::IpRange;
 pub use store::{read_leases, DiskStore, Lease, LeaseStore};

@@ -48,6 +48,8 @@ pub trait LeaseStore {
 }
 
 const LINE_BREAK: &str = "\r\n";
+/// The boot the store's leases were written in (/proc/sys/kernel/random/boot_id).
+const BOOT_FILE: &str = "boot_id";
 const LAST_RESERVED: &str = "last_reserved_ip.";
 /// Leases being written; left only by a process killed mid-write.
 const TMP_PREFIX: &str = ".lease-";
@@ -107,6 +109,49 @@ impl DiskStore {
             .and_then(|mut f| f.write_all(ip.to_string().as_bytes()))
             .with_context(|| format!("write {}", tmp.display()))?;
         fs::rename(&tmp, &last).with_context(|| format!("write {}", last.display()))
+    }
+
+    /// Releases the leases of pods that cannot exist any more: written
+    /// in an earlier boot (every pod died with it) and whose attachment
+    /// `alive` does not find on the node. A store never stamped with a
+    /// boot (older builds, host-local) counts what was written before this
+    /// boot began. One file read when nothing changed. Returns the
+    /// released addresses.
+    pub fn reclaim_earlier_boot(&mut self, alive: &dyn Fn(&Lease) -> bool) -> Result<Vec<Lease>> {
+        let Some(now) = boot_id() else { return Ok(Vec::new()) };
+        let stamp = self.dir.join(BOOT_FILE);
+        let recorded = fs::read_to_string(&stamp).ok().map(|s| s.trim().to_string());
+        if recorded.as_deref() == Some(now.as_str()) {
+            return Ok(Vec::new());
+        }
+        let boot = boot_time();
+        let mut released = Vec::new();
+        for lease in self.leases()? {
+            let before_boot = match (&recorded, boot) {
+                (Some(_), _) => true,
+                (None, Some(boot)) => fs::metadata(self.lease_path(lease.ip))
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|written| written < boot),
+                (None, None) => false,
+            };
+            if before_boot && !alive(&lease) {
+                self.release(lease.ip)?;
+                released.push(lease);
+            }
+        }
+        let tmp = self.dir.join(format!(".{BOOT_FILE}.tmp"));
+        let _ = fs::remove_file(&tmp);
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .mode(0o644)
+            .open(&tmp)
+            .and_then(|mut f| f.write_all(now.as_bytes()))
+            .with_context(|| format!("write {}", tmp.display()))?;
+        fs::rename(&tmp, &stamp).with_context(|| format!("write {}", stamp.display()))?;
+        self.sync_dir()?;
+        Ok(released)
     }
 
     fn sync_dir(&self) -> Result<()> {
@@ -218,6 +263,18 @@ impl LeaseStore for DiskStore {
         out.sort_by_key(|l| super::cidr::to_u128(l.ip));
         Ok(out)
     }
+}
+
+fn boot_id() -> Option<String> {
+    let id = fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    Some(id.trim().to_string()).filter(|s| !s.is_empty())
+}
+
+/// When this boot began, from /proc/stat's btime.
+fn boot_time() -> Option<std::time::SystemTime> {
+    let stat = fs::read_to_string("/proc/stat").ok()?;
+    let secs: u64 = stat.lines().find_map(|l| l.strip_prefix("btime "))?.trim().parse().ok()?;
+    Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
 }
 
 /// `containerID\r\nifname`; older host-local files hold only the ID.

@@ -91,6 +91,7 @@ pub fn counter(ifname: &str, stat: &str) -> u64 {
         .unwrap_or(0)
 }
 
+#[derive(Clone)]
 pub struct Pod {
     pub netns: String,
     pub container_id: String,

@@ -169,7 +169,12 @@ impl Node {
 
     /// Runs a CNI plugin inside the node, as the runtime there would.
     pub fn cni(&self, plugin: &str, command: &str, conf: &Value, container_id: &str, netns: &str) -> Output {
-        let bin = if plugin == "ebpfcni" { BIN.to_string() } else { format!("{REF_DIR}/{plugin}") };
+        // A path runs that binary (another build of ebpfcni, say).
+        let bin = match plugin {
+            "ebpfcni" => BIN.to_string(),
+            p if p.starts_with('/') => p.to_string(),
+            p => format!("{REF_DIR}/{p}"),
+        };
         let mut child = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", self.ns))
             .arg(bin)
@@ -194,13 +199,18 @@ impl Node {
 
     /// A pod: a network namespace wired by the node's plugin.
     pub fn add_pod(&self, name: &str) -> Pod {
+        self.add_pod_using(self.plugin_type(), name)
+    }
+
+    /// The same, wired by `plugin` (a name, or a path to another build).
+    pub fn add_pod_using(&self, plugin: &str, name: &str) -> Pod {
         let netns = format!("ebp-{}-{name}", self.tag);
         let container_id = format!("{}-{name}", self.tag);
         let _ = Command::new("ip").args(["netns", "del", &netns]).stderr(Stdio::null()).status();
         run_ok(Command::new("ip").args(["netns", "add", &netns]), "ip netns add (pod)");
         self.pods.borrow_mut().push((netns.clone(), container_id.clone()));
         run_ok(Command::new("ip").args(["netns", "exec", &netns, "ip", "link", "set", "lo", "up"]), "pod lo up");
-        let out = self.cni(self.plugin_type(), "ADD", &self.conf, &container_id, &netns);
+        let out = self.cni(plugin, "ADD", &self.conf, &container_id, &netns);
         assert!(
             out.status.success(),
             "ADD {name} on {}: {}{}",
@@ -230,7 +240,11 @@ impl Node {
     }
 
     pub fn del_pod(&self, pod: &Pod) {
-        let out = self.cni(self.plugin_type(), "DEL", &self.conf, &pod.container_id, &pod.netns);
+        self.del_pod_using(self.plugin_type(), pod)
+    }
+
+    pub fn del_pod_using(&self, plugin: &str, pod: &Pod) {
+        let out = self.cni(plugin, "DEL", &self.conf, &pod.container_id, &pod.netns);
         assert!(out.status.success(), "DEL: {}", String::from_utf8_lossy(&out.stderr));
     }
 
