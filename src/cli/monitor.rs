@@ -14,12 +14,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use libbpf_rs::RingBufferBuilder;
 use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 use nix::time::{clock_gettime, ClockId};
 
 use super::{ifname, Target};
-use crate::datapath::event::{decode, Event};
+use crate::datapath::event::Event;
 use crate::datapath::{claim_events, release_dead_reader, Maps};
 
 #[derive(Args)]
@@ -165,34 +164,37 @@ fn read_events(args: &MonitorArgs, maps: &Maps, since: u64) -> Result<()> {
     let refresh = || -> std::collections::HashMap<u32, std::net::IpAddr> {
         maps.pods().map(|v| v.into_iter().map(|p| (p.ifindex, p.addr)).collect()).unwrap_or_default()
     };
-    let mut builder = RingBufferBuilder::new();
-    builder
-        .add(&maps.events, |raw: &[u8]| {
-            if count.is_some_and(|c| seen.get() >= c) {
-                return -1; // stop consuming: the rest stays queued
+    let bad = std::cell::RefCell::new(None);
+    let ring = maps.events_ring(|e| {
+        if count.is_some_and(|c| seen.get() >= c) {
+            return -1; // stop consuming: the rest stays queued
+        }
+        let e = match e {
+            Ok(e) => e,
+            Err(err) => {
+                *bad.borrow_mut() = Some(err);
+                return -1;
             }
-            let e = decode(raw);
-            if e.ts_ns < since {
-                return 0;
-            }
-            if !pods.borrow().contains_key(&e.ifindex) {
-                *pods.borrow_mut() = refresh();
-            }
-            let pod = pod_name(&pods.borrow(), e.ifindex);
-            if json {
-                let mut v = serde_json::to_value(&e).unwrap_or_default();
-                v["pod"] = serde_json::json!(pod);
-                read_lost();
-                v["lost"] = serde_json::json!(lost.get().total());
-                println!("{v}");
-            } else {
-                println!("{}", line(&e, &pod));
-            }
-            seen.set(seen.get() + 1);
-            0
-        })
-        .context("open events ring buffer")?;
-    let ring = builder.build().context("open events ring buffer")?;
+        };
+        if e.ts_ns < since {
+            return 0;
+        }
+        if !pods.borrow().contains_key(&e.ifindex) {
+            *pods.borrow_mut() = refresh();
+        }
+        let pod = pod_name(&pods.borrow(), e.ifindex);
+        if json {
+            let mut v = serde_json::to_value(&e).unwrap_or_default();
+            v["pod"] = serde_json::json!(pod);
+            read_lost();
+            v["lost"] = serde_json::json!(lost.get().total());
+            println!("{v}");
+        } else {
+            println!("{}", line(&e, &pod));
+        }
+        seen.set(seen.get() + 1);
+        0
+    })?;
     let started = Instant::now();
     loop {
         let done = || count.is_some_and(|c| seen.get() >= c);
@@ -210,7 +212,11 @@ fn read_events(args: &MonitorArgs, maps: &Maps, since: u64) -> Result<()> {
             }
             return Ok(());
         }
-        if let Err(e) = ring.poll(Duration::from_millis(100)) {
+        let polled = ring.poll(Duration::from_millis(100));
+        if let Some(err) = bad.borrow_mut().take() {
+            return Err(err);
+        }
+        if let Err(e) = polled {
             if !STOP.load(Ordering::SeqCst) && !done() {
                 return Err(e).context("poll events");
             }
