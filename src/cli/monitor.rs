@@ -6,7 +6,7 @@
 //! guard process (`ebpfcni monitor-guard`, reading a pipe the monitor
 //! holds) turns tracing off when the monitor dies, however it dies.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -132,6 +132,10 @@ pub fn run(args: &MonitorArgs) -> Result<()> {
         // SAFETY: the handler only stores to an atomic.
         unsafe { sigaction(sig, &action) }.context("install signal handler")?;
     }
+    // A closed stdout (`monitor | head -1`) is a write error the monitor
+    // ends on, turning tracing off itself, not a signal that kills it.
+    // SAFETY: ignoring a signal installs no handler code.
+    unsafe { nix::sys::signal::signal(Signal::SIGPIPE, SigHandler::SigIgn) }.context("ignore SIGPIPE")?;
     let guard = if args.flows { Some(spawn_guard(&dir)?) } else { None };
     let reader = claim_events(&dir, &maps, args.flows)?;
     let result = read_events(args, &maps, since);
@@ -146,8 +150,20 @@ pub fn run(args: &MonitorArgs) -> Result<()> {
     result
 }
 
-/// Prints events newer than the monitor until --count, --duration or a
-/// signal ends it.
+/// Where the monitor's output went: a closed stdout ends it quietly (as
+/// `head` expects), any other write error is an error.
+fn written(r: std::io::Result<()>, closed: &std::cell::Cell<bool>) -> Result<()> {
+    match r {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            closed.set(true);
+            Ok(())
+        }
+        r => r.context("write events to stdout"),
+    }
+}
+
+/// Prints events newer than the monitor until --count, --duration, a
+/// signal, a closed stdout or an error ends it.
 fn read_events(args: &MonitorArgs, maps: &Maps, since: u64) -> Result<()> {
     let seen = std::cell::Cell::new(0u64);
     // Events the datapath lost since the monitor started (rate limited
@@ -165,8 +181,9 @@ fn read_events(args: &MonitorArgs, maps: &Maps, since: u64) -> Result<()> {
         maps.pods().map(|v| v.into_iter().map(|p| (p.ifindex, p.addr)).collect()).unwrap_or_default()
     };
     let bad = std::cell::RefCell::new(None);
+    let closed = std::cell::Cell::new(false);
     let ring = maps.events_ring(|e| {
-        if count.is_some_and(|c| seen.get() >= c) {
+        if closed.get() || count.is_some_and(|c| seen.get() >= c) {
             return -1; // stop consuming: the rest stays queued
         }
         let e = match e {
@@ -183,14 +200,21 @@ fn read_events(args: &MonitorArgs, maps: &Maps, since: u64) -> Result<()> {
             *pods.borrow_mut() = refresh();
         }
         let pod = pod_name(&pods.borrow(), e.ifindex);
-        if json {
+        let text = if json {
             let mut v = serde_json::to_value(&e).unwrap_or_default();
             v["pod"] = serde_json::json!(pod);
             read_lost();
             v["lost"] = serde_json::json!(lost.get().total());
-            println!("{v}");
+            v.to_string()
         } else {
-            println!("{}", line(&e, &pod));
+            line(&e, &pod)
+        };
+        if let Err(err) = written(writeln!(std::io::stdout(), "{text}"), &closed) {
+            *bad.borrow_mut() = Some(err);
+            return -1;
+        }
+        if closed.get() {
+            return -1;
         }
         seen.set(seen.get() + 1);
         0
@@ -198,7 +222,10 @@ fn read_events(args: &MonitorArgs, maps: &Maps, since: u64) -> Result<()> {
     let started = Instant::now();
     loop {
         let done = || count.is_some_and(|c| seen.get() >= c);
-        if STOP.load(Ordering::SeqCst) || done() || args.duration.is_some_and(|d| started.elapsed().as_secs_f64() >= d)
+        if STOP.load(Ordering::SeqCst)
+            || closed.get()
+            || done()
+            || args.duration.is_some_and(|d| started.elapsed().as_secs_f64() >= d)
         {
             read_lost();
             let l = lost.get();
@@ -217,11 +244,10 @@ fn read_events(args: &MonitorArgs, maps: &Maps, since: u64) -> Result<()> {
             return Err(err);
         }
         if let Err(e) = polled {
-            if !STOP.load(Ordering::SeqCst) && !done() {
+            if !STOP.load(Ordering::SeqCst) && !closed.get() && !done() {
                 return Err(e).context("poll events");
             }
         }
-        use std::io::Write;
-        let _ = std::io::stdout().flush();
+        written(std::io::stdout().flush(), &closed)?;
     }
 }
