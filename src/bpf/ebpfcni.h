@@ -79,6 +79,7 @@ enum ipcache_prefix {
 	IPCACHE_PREFIX_V4_MAPPED = 96,
 	IPCACHE_PREFIX_HOST = 32 + 128, /* one exact address */
 };
+
 struct ipcache_key {
 	__u32 prefixlen;
 	__u8 set;  /* the policy set (0/1) this entry belongs to */
