@@ -130,3 +130,78 @@ fn flow_tracing_ends_however_the_monitor_dies() {
         queued.iter().filter(|e| e["ts_ns"].as_u64().unwrap() > off_ns && e["verdict"] != "dropped").collect();
     assert!(traced.is_empty(), "flows traced after the monitor died: {traced:?}");
 }
+
+/// Issue 9: `monitor --flows` turns flow tracing off itself, before it
+/// exits, on every way it ends on its own: --count reached, SIGINT,
+/// SIGTERM, stdout closed (`| head`), an error writing its output. So the
+/// flag is off the moment the process is gone, guard or no guard.
+#[test]
+fn abi_flows_monitor_turns_tracing_off_on_every_exit_path() {
+    if !privileged() {
+        return;
+    }
+    let mut net = TestNet::new("abimon", 251, json!({}));
+    let a = net.add_pod("a");
+    let b = net.add_pod("b");
+    let flows = |stdout: Stdio| {
+        Command::new(BIN)
+            .args(["monitor", "--flows", "--duration", "60", "--network", &net.name, "--pin-path"])
+            .arg(&net.pin_path)
+            .stdout(stdout)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let traffic_until_exit = |m: &mut std::process::Child| {
+        for _ in 0..100 {
+            if m.try_wait().unwrap().is_some() {
+                return;
+            }
+            assert!(a.ping(b.ip(4), 1));
+        }
+        panic!("the monitor did not end");
+    };
+
+    // --count reached.
+    let mut m = monitor(&net, &["--flows", "--count", "2", "--duration", "60"]);
+    registered(&net, m.id());
+    assert!(tracing(&net), "--flows turns tracing on");
+    traffic_until_exit(&mut m);
+    let out = m.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2);
+    assert!(!tracing(&net), "tracing left on after --count");
+
+    // SIGINT and SIGTERM: the monitor ends cleanly.
+    for signal in [nix::sys::signal::Signal::SIGINT, nix::sys::signal::Signal::SIGTERM] {
+        let m = flows(Stdio::piped());
+        registered(&net, m.id());
+        assert!(tracing(&net));
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(m.id() as i32), signal).unwrap();
+        let out = m.wait_with_output().unwrap();
+        assert!(out.status.success(), "{signal}: {:?} {}", out.status, String::from_utf8_lossy(&out.stderr));
+        assert!(!tracing(&net), "tracing left on after {signal}");
+    }
+
+    // stdout closed: a pipe whose reader is gone. The first event ends
+    // the monitor quietly, as `head` expects, not SIGPIPE.
+    let (reader, writer) = nix::unistd::pipe().unwrap();
+    drop(reader);
+    let mut m = flows(Stdio::from(writer));
+    registered(&net, m.id());
+    traffic_until_exit(&mut m);
+    let out = m.wait_with_output().unwrap();
+    assert!(out.status.success(), "closed stdout: {:?} {}", out.status, String::from_utf8_lossy(&out.stderr));
+    assert!(!tracing(&net), "tracing left on after stdout closed");
+
+    // An error: stdout refuses every write (ENOSPC).
+    let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    let mut m = flows(Stdio::from(full));
+    registered(&net, m.id());
+    traffic_until_exit(&mut m);
+    let out = m.wait_with_output().unwrap();
+    let why = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "a write error is an error: {why}");
+    assert!(why.contains("write events to stdout"), "{why}");
+    assert!(!tracing(&net), "tracing left on after an error");
+}

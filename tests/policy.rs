@@ -228,3 +228,45 @@ fn monitor_reports_a_denied_packet() {
     assert_eq!(event["src"], json!(a.ip(4)));
     assert_eq!(net.dump("settings")[0]["trace_flows"], false, "the monitor left flow tracing on");
 }
+
+/// Issue 9: `"port": 80, "endPort": 65616` is refused, not read as port
+/// 80 alone (65616 = 65536 + 80, what a 16-bit truncation would make of
+/// it): the sync fails naming it, and the rule opens nothing, port 80
+/// included, while the pod stays isolated.
+#[test]
+fn abi_an_end_port_above_65535_is_refused() {
+    if !privileged() {
+        return;
+    }
+    let mut net = TestNet::new("abiport", 250, json!({}));
+    let (a, b) = (net.add_pod("a"), net.add_pod("b"));
+    let pod = |name: &str, ip: IpAddr| {
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "default", "labels": {"app": name}},
+               "spec": {"containers": [{"name": "c"}]}, "status": {"phase": "Running", "podIP": ip.to_string()}})
+    };
+    let policy = |ports: Value| {
+        json!({"kind": "List", "items": [
+            pod("a", a.ip(4)), pod("b", b.ip(4)),
+            {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "b-web", "namespace": "default"},
+             "spec": {"podSelector": {"matchLabels": {"app": "b"}}, "policyTypes": ["Ingress"],
+                      "ingress": [{"ports": ports}]}},
+        ]})
+    };
+    let file = net.data_dir.join("abi-objects.json");
+    std::fs::create_dir_all(&net.data_dir).unwrap();
+    let web = SocketAddr::new(b.ip(4), 80);
+    // The same rule with a valid range opens port 80.
+    std::fs::write(&file, policy(json!([{"port": 80, "endPort": 81}])).to_string()).unwrap();
+    ok(net.cli(&["policy", "sync", "-f", file.to_str().unwrap()]));
+    assert!(tcp_reachable(Some(&b), Some(&a), web), "80-81 opens port 80");
+
+    std::fs::write(&file, policy(json!([{"port": 80, "endPort": 65616}])).to_string()).unwrap();
+    let out = net.cli(&["policy", "sync", "-f", file.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "endPort 65616 was accepted: {err}");
+    assert!(err.contains("b-web") && err.contains("endPort 65616 above 65535"), "{err}");
+    assert!(!tcp_reachable(Some(&b), Some(&a), web), "endPort 65616 opened port 80");
+    assert!(!tcp_reachable(Some(&b), Some(&a), SocketAddr::new(b.ip(4), 81)), "endPort 65616 opened port 81");
+    let rules = net.dump("iprules");
+    assert!(rules.iter().all(|r| r["port"] != 80 && r["port"] != 81), "an entry for the broken rule: {rules:?}");
+}

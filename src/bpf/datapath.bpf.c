@@ -135,6 +135,14 @@ enum policy_dir *policy_dir_layout __attribute__((unused));
 enum verdict *verdict_layout __attribute__((unused));
 enum policy_prefix *policy_prefix_layout __attribute__((unused));
 enum isolation *isolation_layout __attribute__((unused));
+enum endpoint_flags *endpoint_flags_layout __attribute__((unused));
+enum settings_flags *settings_flags_layout __attribute__((unused));
+enum ct_flags *ct_flags_layout __attribute__((unused));
+enum ipcache_prefix *ipcache_prefix_layout __attribute__((unused));
+enum policy_dir_set *policy_dir_set_layout __attribute__((unused));
+enum event_reason *event_reason_layout __attribute__((unused));
+enum event_verdict *event_verdict_layout __attribute__((unused));
+enum event_dir *event_dir_layout __attribute__((unused));
 
 #include "packet.h"
 #include "observe.h"

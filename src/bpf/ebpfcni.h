@@ -10,13 +10,19 @@ struct ip_key {
 	__u8 addr[16];
 };
 
-/* endpoints: pod address -> where the pod is. */
-#define ENDPOINT_F_TCX 0x1
-#define ENDPOINT_F_TC 0x2
-/* Set by the datapath: this pod sent a flow that reached another pod of
- * the node through the host (a Service, a hostPort): its replies must be
- * looked up in hostflows before they may be redirected. */
-#define ENDPOINT_F_HOST_FLOWS 0x4
+/* Every constant the Rust side shares is an enum, not a #define: enums
+ * reach the object's BTF (datapath.bpf.c references each one) and so the
+ * skeleton's generated types, and Rust reads them from there. */
+
+/* endpoints: pod address -> where the pod is. endpoint_info.flags. */
+enum endpoint_flags {
+	ENDPOINT_F_TCX = 0x1, /* attached through TCX */
+	ENDPOINT_F_TC = 0x2,  /* attached as a clsact filter */
+	/* Set by the datapath: this pod sent a flow that reached another pod
+	 * of the node through the host (a Service, a hostPort): its replies
+	 * must be looked up in hostflows before they may be redirected. */
+	ENDPOINT_F_HOST_FLOWS = 0x4,
+};
 
 struct endpoint_info {
 	__u32 ifindex; /* host-side veth of the pod */
@@ -40,7 +46,7 @@ struct traffic_stats {
 	__u64 passed;     /* handed to the bridge / host stack */
 	__u64 drop_spoofed;
 	__u64 drop_policy;
-	__u64 drop_no_endpoint;
+	__u64 reserved; /* was drop_no_endpoint, which nothing counted: kept for the layout */
 	__u64 drop_parse;
 };
 
@@ -65,8 +71,15 @@ enum ipcache_kind {
 	IPCACHE_CIDR = 1,
 };
 
-/* ipcache: LPM trie. prefixlen counts the 32 bits of set+kind+pad, then
- * the address bits (IPv4 addresses: 96 + prefix length). */
+/* ipcache: LPM trie. prefixlen counts the IPCACHE_PREFIX_FIXED bits of
+ * set+kind+pad, then the address bits (IPv4 addresses, stored IPv4-mapped:
+ * IPCACHE_PREFIX_V4_MAPPED + prefix length). */
+enum ipcache_prefix {
+	IPCACHE_PREFIX_FIXED = 32,
+	IPCACHE_PREFIX_V4_MAPPED = 96,
+	IPCACHE_PREFIX_HOST = 32 + 128, /* one exact address */
+};
+
 struct ipcache_key {
 	__u32 prefixlen;
 	__u8 set;  /* the policy set (0/1) this entry belongs to */
@@ -93,6 +106,12 @@ enum verdict {
 	VERDICT_DENY = 2,
 };
 
+/* policy_key.dir_set: the direction in the low bits, the set above. */
+enum policy_dir_set {
+	POLICY_DIR_MASK = 0xf,
+	POLICY_SET_SHIFT = 4,
+};
+
 /* iprules: LPM trie. The first POLICY_PREFIX_FIXED bits (direction and
  * set, subject, peer) always match in full; the protocol and then the
  * destination port (network order) follow as a prefix: prefixlen
@@ -108,7 +127,7 @@ enum policy_prefix {
 
 struct policy_key {
 	__u32 prefixlen;
-	__u8 dir_set; /* direction | set << 4 */
+	__u8 dir_set; /* direction | set << POLICY_SET_SHIFT */
 	__u8 pad[3];
 	__u32 subject;
 	__u32 peer;   /* IDENTITY_ANY: every peer */
@@ -138,10 +157,12 @@ struct identity_key {
 	__u32 set;
 };
 
-/* settings: one entry. */
-#define SETTINGS_F_TRACE_FLOWS 0x1 /* emit flow events, not only drops */
-#define SETTINGS_F_POLICY 0x2      /* some policy entry or isolation exists */
-#define SETTINGS_F_HAS_DENY 0x4    /* some explicit deny entry exists */
+/* settings: one entry. settings.flags. */
+enum settings_flags {
+	SETTINGS_F_TRACE_FLOWS = 0x1, /* emit flow events, not only drops */
+	SETTINGS_F_POLICY = 0x2,      /* some policy entry or isolation exists */
+	SETTINGS_F_HAS_DENY = 0x4,    /* some explicit deny entry exists */
+};
 
 struct settings {
 	__u32 active_set;
@@ -166,8 +187,10 @@ struct ct_key {
 	__u8 pad[3];
 };
 
-#define CT_F_REPLIED 0x1 /* a reply was seen: established */
-#define CT_F_CLOSING 0x2 /* TCP FIN or RST seen */
+enum ct_flags {
+	CT_F_REPLIED = 0x1, /* a reply was seen: established */
+	CT_F_CLOSING = 0x2, /* TCP FIN or RST seen */
+};
 
 /* Seconds an entry lives after its last packet. */
 #define CT_TIMEOUT_NEW 10          /* no reply yet (TCP SYN, UDP, ICMP) */
@@ -223,18 +246,23 @@ struct hostflow_value {
 	__u32 pad;
 };
 
-/* events: ring buffer records. */
-#define REASON_NONE 0
-#define REASON_SPOOFED_IP 1
-#define REASON_SPOOFED_MAC 2
-#define REASON_SPOOFED_ARP 3
-#define REASON_SPOOFED_ND 4
-#define REASON_POLICY 5
-#define REASON_NO_ENDPOINT 6
-#define REASON_PARSE 7
-#define REASON_ETHERTYPE 8      /* neither IPv4, IPv6 nor ARP, or VLAN tagged */
-#define REASON_ROUTER_MESSAGE 9 /* a router advertisement or redirect */
-#define REASON_CT_FULL 10       /* a new flow over its pod's conntrack budget */
+/* events: ring buffer records. event.reason: why a packet was dropped
+ * (REASON_NONE for the flows that pass). Values are part of the ABI:
+ * append before __REASON_MAX, never renumber. */
+enum event_reason {
+	REASON_NONE = 0,
+	REASON_SPOOFED_IP = 1,
+	REASON_SPOOFED_MAC = 2,
+	REASON_SPOOFED_ARP = 3,
+	REASON_SPOOFED_ND = 4,
+	REASON_POLICY = 5,
+	REASON_NO_ENDPOINT = 6, /* no pod behind the host veth (an event only: no pod to count under) */
+	REASON_PARSE = 7,
+	REASON_ETHERTYPE = 8,      /* neither IPv4, IPv6 nor ARP, or VLAN tagged */
+	REASON_ROUTER_MESSAGE = 9, /* a router advertisement or redirect */
+	REASON_CT_FULL = 10,       /* a new flow over its pod's conntrack budget */
+	__REASON_MAX,              /* one past the last reason */
+};
 
 /* Drop events are rate limited per source (a pod's host veth for what
  * it sends, the source address for what enters a pod): a flooding pod
@@ -256,12 +284,20 @@ struct event_loss {
 	__u64 rate_limited; /* over the source's rate */
 };
 
-#define EVENT_PASSED 0
-#define EVENT_REDIRECTED 1
-#define EVENT_DROPPED 2
+/* event.verdict */
+enum event_verdict {
+	EVENT_PASSED = 0,
+	EVENT_REDIRECTED = 1,
+	EVENT_DROPPED = 2,
+	__EVENT_VERDICT_MAX,
+};
 
-#define DIR_FROM_POD 1
-#define DIR_TO_POD 2
+/* event.dir */
+enum event_dir {
+	DIR_FROM_POD = 1,
+	DIR_TO_POD = 2,
+	__DIR_MAX,
+};
 
 struct event {
 	__u64 ts_ns;
@@ -270,9 +306,9 @@ struct event {
 	__u16 sport;
 	__u16 dport;
 	__u8 proto;
-	__u8 verdict;
-	__u8 reason;
-	__u8 dir;
+	__u8 verdict; /* enum event_verdict */
+	__u8 reason;  /* enum event_reason */
+	__u8 dir;     /* enum event_dir */
 	__u32 ifindex;
 	__u32 pad;
 };

@@ -8,7 +8,6 @@ enum count_kind {
 	COUNT_PASSED,
 	COUNT_DROP_SPOOFED,
 	COUNT_DROP_POLICY,
-	COUNT_DROP_NO_ENDPOINT,
 	COUNT_DROP_PARSE,
 	COUNT_RECEIVED_ONLY, /* to_pod: allowed in, not counted as sent */
 };
@@ -46,9 +45,6 @@ static __always_inline void stats_count(const struct ip_key *pod, __u32 len, enu
 		break;
 	case COUNT_DROP_POLICY:
 		st->drop_policy++;
-		break;
-	case COUNT_DROP_NO_ENDPOINT:
-		st->drop_no_endpoint++;
 		break;
 	default:
 		st->drop_parse++;

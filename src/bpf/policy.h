@@ -12,7 +12,7 @@
  * it from the CIDR part. The parts never share an entry. */
 static __always_inline __u32 identity_of(const struct ip_key *addr, __u32 set)
 {
-	struct ipcache_key key = { .prefixlen = 32 + 128, .set = set, .kind = IPCACHE_ENDPOINT };
+	struct ipcache_key key = { .prefixlen = IPCACHE_PREFIX_HOST, .set = set, .kind = IPCACHE_ENDPOINT };
 	struct ipcache_value *v;
 
 	__builtin_memcpy(key.addr, addr->addr, 16);
@@ -45,7 +45,7 @@ static __always_inline __u8 policy_lookup(__u8 dir, __u32 set, __u32 subject, __
 {
 	struct policy_key key = {
 		.prefixlen = POLICY_PREFIX_MAX,
-		.dir_set = dir | (set << 4),
+		.dir_set = dir | (set << POLICY_SET_SHIFT),
 		.subject = subject,
 		.peer = peer,
 		.proto = proto,

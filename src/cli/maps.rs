@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use super::{ifname, Target};
 use crate::cni::config::DEFAULT_DATA_DIR;
 use crate::cni::result::mac_string;
-use crate::datapath::{proto_name, ENDPOINT_F_TC, ENDPOINT_F_TCX};
+use crate::datapath::{proto_name, ENDPOINT_F_HOST_FLOWS, ENDPOINT_F_TC, ENDPOINT_F_TCX};
 
 #[derive(Subcommand)]
 pub enum MapsCommand {
@@ -136,21 +136,28 @@ fn queued_events(dir: &std::path::Path, maps: &crate::datapath::Maps) -> Result<
     let _reader = crate::datapath::claim_events(dir, maps, false)?;
     let pods: std::collections::HashMap<u32, IpAddr> = maps.pods()?.into_iter().map(|p| (p.ifindex, p.addr)).collect();
     let rows = std::cell::RefCell::new(Vec::new());
-    let mut builder = libbpf_rs::RingBufferBuilder::new();
-    builder
-        .add(&maps.events, |raw: &[u8]| {
-            let e = crate::datapath::event::decode(raw);
-            let pod = super::monitor::pod_name(&pods, e.ifindex);
-            let mut v = serde_json::to_value(&e).unwrap_or_default();
-            v["pod"] = json!(pod);
-            v["line"] = json!(super::monitor::line(&e, &pod));
-            rows.borrow_mut().push(v);
-            0
-        })
-        .context("open events ring buffer")?;
-    let ring = builder.build().context("open events ring buffer")?;
-    ring.consume().context("read events")?;
+    let bad = std::cell::RefCell::new(None);
+    let ring = maps.events_ring(|e| {
+        let e = match e {
+            Ok(e) => e,
+            Err(err) => {
+                *bad.borrow_mut() = Some(err);
+                return -1;
+            }
+        };
+        let pod = super::monitor::pod_name(&pods, e.ifindex);
+        let mut v = serde_json::to_value(&e).unwrap_or_default();
+        v["pod"] = json!(pod);
+        v["line"] = json!(super::monitor::line(&e, &pod));
+        rows.borrow_mut().push(v);
+        0
+    })?;
+    let consumed = ring.consume();
     drop(ring);
+    if let Some(err) = bad.into_inner() {
+        return Err(err);
+    }
+    consumed.context("read events")?;
     Ok(rows.into_inner())
 }
 
@@ -187,7 +194,7 @@ fn dump(args: &DumpArgs) -> Result<()> {
     };
     match args.map {
         MapName::Endpoints => {
-            let rows = maps.endpoints()?.iter().map(|e| json!({"ip": e.ip, "ifindex": e.ifindex, "interface": ifname(e.ifindex), "mac": mac_string(e.mac), "attach": attach_name(e.flags)})).collect();
+            let rows = maps.endpoints()?.iter().map(|e| json!({"ip": e.ip, "ifindex": e.ifindex, "interface": ifname(e.ifindex), "mac": mac_string(e.mac), "attach": attach_name(e.flags), "host_flows": e.flags & ENDPOINT_F_HOST_FLOWS != 0})).collect();
             emit(
                 j,
                 rows,
@@ -216,12 +223,12 @@ fn dump(args: &DumpArgs) -> Result<()> {
                 j,
                 rows,
                 &format!(
-                    "{:<40} {:>9} {:>11} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8}",
-                    "POD IP", "PACKETS", "BYTES", "REDIRECTED", "PASSED", "SPOOFED", "POLICY", "NO-EP", "PARSE"
+                    "{:<40} {:>9} {:>11} {:>10} {:>8} {:>8} {:>8} {:>8}",
+                    "POD IP", "PACKETS", "BYTES", "REDIRECTED", "PASSED", "SPOOFED", "POLICY", "PARSE"
                 ),
                 &|r: &Value| {
                     format!(
-                        "{:<40} {:>9} {:>11} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8}",
+                        "{:<40} {:>9} {:>11} {:>10} {:>8} {:>8} {:>8} {:>8}",
                         s(&r["ip"]),
                         s(&r["packets"]),
                         s(&r["bytes"]),
@@ -229,7 +236,6 @@ fn dump(args: &DumpArgs) -> Result<()> {
                         s(&r["passed"]),
                         s(&r["drop_spoofed"]),
                         s(&r["drop_policy"]),
-                        s(&r["drop_no_endpoint"]),
                         s(&r["drop_parse"])
                     )
                 },

@@ -6,7 +6,7 @@
 //! guard process (`ebpfcni monitor-guard`, reading a pipe the monitor
 //! holds) turns tracing off when the monitor dies, however it dies.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,12 +14,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use libbpf_rs::RingBufferBuilder;
 use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 use nix::time::{clock_gettime, ClockId};
 
 use super::{ifname, Target};
-use crate::datapath::event::{decode, Event};
+use crate::datapath::event::Event;
 use crate::datapath::{claim_events, release_dead_reader, Maps};
 
 #[derive(Args)]
@@ -133,6 +132,10 @@ pub fn run(args: &MonitorArgs) -> Result<()> {
         // SAFETY: the handler only stores to an atomic.
         unsafe { sigaction(sig, &action) }.context("install signal handler")?;
     }
+    // A closed stdout (`monitor | head -1`) is a write error the monitor
+    // ends on, turning tracing off itself, not a signal that kills it.
+    // SAFETY: ignoring a signal installs no handler code.
+    unsafe { nix::sys::signal::signal(Signal::SIGPIPE, SigHandler::SigIgn) }.context("ignore SIGPIPE")?;
     let guard = if args.flows { Some(spawn_guard(&dir)?) } else { None };
     let reader = claim_events(&dir, &maps, args.flows)?;
     let result = read_events(args, &maps, since);
@@ -147,8 +150,20 @@ pub fn run(args: &MonitorArgs) -> Result<()> {
     result
 }
 
-/// Prints events newer than the monitor until --count, --duration or a
-/// signal ends it.
+/// Where the monitor's output went: a closed stdout ends it quietly (as
+/// `head` expects), any other write error is an error.
+fn written(r: std::io::Result<()>, closed: &std::cell::Cell<bool>) -> Result<()> {
+    match r {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            closed.set(true);
+            Ok(())
+        }
+        r => r.context("write events to stdout"),
+    }
+}
+
+/// Prints events newer than the monitor until --count, --duration, a
+/// signal, a closed stdout or an error ends it.
 fn read_events(args: &MonitorArgs, maps: &Maps, since: u64) -> Result<()> {
     let seen = std::cell::Cell::new(0u64);
     // Events the datapath lost since the monitor started (rate limited
@@ -165,38 +180,52 @@ fn read_events(args: &MonitorArgs, maps: &Maps, since: u64) -> Result<()> {
     let refresh = || -> std::collections::HashMap<u32, std::net::IpAddr> {
         maps.pods().map(|v| v.into_iter().map(|p| (p.ifindex, p.addr)).collect()).unwrap_or_default()
     };
-    let mut builder = RingBufferBuilder::new();
-    builder
-        .add(&maps.events, |raw: &[u8]| {
-            if count.is_some_and(|c| seen.get() >= c) {
-                return -1; // stop consuming: the rest stays queued
+    let bad = std::cell::RefCell::new(None);
+    let closed = std::cell::Cell::new(false);
+    let ring = maps.events_ring(|e| {
+        if closed.get() || count.is_some_and(|c| seen.get() >= c) {
+            return -1; // stop consuming: the rest stays queued
+        }
+        let e = match e {
+            Ok(e) => e,
+            Err(err) => {
+                *bad.borrow_mut() = Some(err);
+                return -1;
             }
-            let e = decode(raw);
-            if e.ts_ns < since {
-                return 0;
-            }
-            if !pods.borrow().contains_key(&e.ifindex) {
-                *pods.borrow_mut() = refresh();
-            }
-            let pod = pod_name(&pods.borrow(), e.ifindex);
-            if json {
-                let mut v = serde_json::to_value(&e).unwrap_or_default();
-                v["pod"] = serde_json::json!(pod);
-                read_lost();
-                v["lost"] = serde_json::json!(lost.get().total());
-                println!("{v}");
-            } else {
-                println!("{}", line(&e, &pod));
-            }
-            seen.set(seen.get() + 1);
-            0
-        })
-        .context("open events ring buffer")?;
-    let ring = builder.build().context("open events ring buffer")?;
+        };
+        if e.ts_ns < since {
+            return 0;
+        }
+        if !pods.borrow().contains_key(&e.ifindex) {
+            *pods.borrow_mut() = refresh();
+        }
+        let pod = pod_name(&pods.borrow(), e.ifindex);
+        let text = if json {
+            let mut v = serde_json::to_value(&e).unwrap_or_default();
+            v["pod"] = serde_json::json!(pod);
+            read_lost();
+            v["lost"] = serde_json::json!(lost.get().total());
+            v.to_string()
+        } else {
+            line(&e, &pod)
+        };
+        if let Err(err) = written(writeln!(std::io::stdout(), "{text}"), &closed) {
+            *bad.borrow_mut() = Some(err);
+            return -1;
+        }
+        if closed.get() {
+            return -1;
+        }
+        seen.set(seen.get() + 1);
+        0
+    })?;
     let started = Instant::now();
     loop {
         let done = || count.is_some_and(|c| seen.get() >= c);
-        if STOP.load(Ordering::SeqCst) || done() || args.duration.is_some_and(|d| started.elapsed().as_secs_f64() >= d)
+        if STOP.load(Ordering::SeqCst)
+            || closed.get()
+            || done()
+            || args.duration.is_some_and(|d| started.elapsed().as_secs_f64() >= d)
         {
             read_lost();
             let l = lost.get();
@@ -210,12 +239,15 @@ fn read_events(args: &MonitorArgs, maps: &Maps, since: u64) -> Result<()> {
             }
             return Ok(());
         }
-        if let Err(e) = ring.poll(Duration::from_millis(100)) {
-            if !STOP.load(Ordering::SeqCst) && !done() {
+        let polled = ring.poll(Duration::from_millis(100));
+        if let Some(err) = bad.borrow_mut().take() {
+            return Err(err);
+        }
+        if let Err(e) = polled {
+            if !STOP.load(Ordering::SeqCst) && !closed.get() && !done() {
                 return Err(e).context("poll events");
             }
         }
-        use std::io::Write;
-        let _ = std::io::stdout().flush();
+        written(std::io::stdout().flush(), &closed)?;
     }
 }

@@ -67,7 +67,7 @@ pub fn pods(dir: &Path, network: &str, maps: &Maps, data_dir: &Path) -> Result<V
         for s in mine {
             packets += s.packets;
             bytes += s.bytes;
-            drops += s.drop_spoofed + s.drop_policy + s.drop_no_endpoint + s.drop_parse;
+            drops += s.drop_spoofed + s.drop_policy + s.drop_parse;
         }
         out.push(PodView {
             container_id: lease.map(|l| l.container_id.clone()).unwrap_or_default(),

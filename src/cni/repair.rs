@@ -27,7 +27,14 @@ pub fn load(conf: &NetConf) -> Result<Datapath> {
     let dp = Datapath::load_with(&conf.bpf_pin_path, &conf.name, &|maps, fresh| refill(conf, maps, fresh))?;
     if !dp.fresh.is_empty() {
         let n = reattach(conf, &dp)?;
-        eprintln!("ebpfcni: rebuilt maps {} of network {}; {n} pods attached again", dp.fresh.join(", "), conf.name);
+        // A network's first load creates every map and finds no pod: no news.
+        if n > 0 || dp.fresh.len() < datapath::MAP_NAMES.len() {
+            eprintln!(
+                "ebpfcni: rebuilt maps {} of network {}; {n} pods attached again",
+                dp.fresh.join(", "),
+                conf.name
+            );
+        }
     }
     Ok(dp)
 }

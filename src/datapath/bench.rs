@@ -2,8 +2,9 @@
 //! pins) and typed access to its maps, to run the classifier with
 //! BPF_PROG_TEST_RUN.
 
-use anyhow::{Context, Result};
-use libbpf_rs::MapHandle;
+use anyhow::{anyhow, Context, Result};
+use libbpf_rs::skel::Skel;
+use libbpf_rs::{MapCore, MapHandle};
 
 use super::skel::types::__sk_buff;
 pub use super::skel::{DatapathSkel, DatapathSkelBuilder};
@@ -11,24 +12,9 @@ use super::Maps;
 
 /// The typed map access for a skeleton's own maps.
 pub fn maps_of(skel: &DatapathSkel<'_>) -> Result<Maps> {
-    let m = &skel.maps;
-    let h = |map| MapHandle::try_from(map).context("duplicate map fd");
-    Ok(Maps {
-        endpoints: h(&m.endpoints)?,
-        pods: h(&m.pods)?,
-        stats: h(&m.stats)?,
-        ipcache: h(&m.ipcache)?,
-        iprules: h(&m.iprules)?,
-        identity_flags: h(&m.identity_flags)?,
-        settings: h(&m.settings)?,
-        conntrack: h(&m.conntrack)?,
-        ct_new: h(&m.ct_new)?,
-        ct_budget: h(&m.ct_budget)?,
-        frags: h(&m.frags)?,
-        hostflows: h(&m.hostflows)?,
-        events: h(&m.events)?,
-        events_lost: h(&m.events_lost)?,
-        event_limit: h(&m.event_limit)?,
+    Maps::from_handles(|name| {
+        let map = skel.object().maps().find(|m| m.name() == name).ok_or_else(|| anyhow!("no map {name}"))?;
+        MapHandle::try_from(&map).with_context(|| format!("duplicate the fd of map {name}"))
     })
 }
 

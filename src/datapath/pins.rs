@@ -320,7 +320,7 @@ fn remove_temporaries(dir: &Path) {
 /// map of this build's layout.
 fn tc_attached(dir: &Path) -> Vec<u32> {
     let Ok(map) = MapHandle::from_pinned_path(dir.join("endpoints")) else { return Vec::new() };
-    match Maps::endpoints_of(&map) {
+    match Maps::endpoints_of(map) {
         Ok(eps) => eps.into_iter().filter(|e| e.flags & super::ENDPOINT_F_TC != 0).map(|e| e.ifindex).collect(),
         Err(_) => Vec::new(),
     }
