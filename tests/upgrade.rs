@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 
-use common::node::{Node, Plugin};
+use common::node::{run_ok, Node, Plugin};
 use common::{privileged, Pod};
 use serde_json::json;
 
@@ -20,16 +20,6 @@ const PREVIOUS_RELEASE: &str = "4dd0585";
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn run(cmd: &mut Command, what: &str) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
-    assert!(
-        out.status.success(),
-        "{what}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// The binary a release built, from its own tree (cached per commit).
@@ -45,7 +35,7 @@ fn release(commit: &str) -> PathBuf {
     let src = root.join(format!("src-{commit}"));
     let _ = std::fs::remove_dir_all(&src);
     std::fs::create_dir_all(&src).unwrap();
-    run(
+    run_ok(
         Command::new("sh").arg("-c").arg(format!(
             "git -C '{}' archive --format=tar {commit} | tar -x -C '{}'",
             repo().display(),
@@ -54,7 +44,7 @@ fn release(commit: &str) -> PathBuf {
         &format!("check out release {commit} (needs the repository's history)"),
     );
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    run(
+    run_ok(
         Command::new(cargo)
             .args(["build", "--release", "--bin", "ebpfcni", "--manifest-path"])
             .arg(src.join("Cargo.toml"))

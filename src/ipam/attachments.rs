@@ -7,9 +7,8 @@
 //! subdirectory's files as leases, and neither does our store.
 
 use std::fs;
-use std::io::{ErrorKind, Write};
+use std::io::ErrorKind;
 use std::net::IpAddr;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -44,24 +43,12 @@ fn dir(data_dir: &Path, network: &str) -> PathBuf {
     data_dir.join(network).join(DIR)
 }
 
-/// Writes (or rewrites) the record, atomically: a private file renamed
-/// over the record's name, which replaces a link rather than following it.
+/// Writes (or rewrites) the record, atomically.
 pub fn save(data_dir: &Path, network: &str, record: &AttachmentRecord) -> Result<()> {
     let d = dir(data_dir, network);
     fs::create_dir_all(&d).with_context(|| format!("create {}", d.display()))?;
-    let path = d.join(&record.host_veth);
-    let tmp = d.join(format!(".{}.{}", record.host_veth, std::process::id()));
-    let _ = fs::remove_file(&tmp);
-    let text = serde_json::to_string(record)?;
-    fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .custom_flags(nix::libc::O_NOFOLLOW)
-        .mode(0o644)
-        .open(&tmp)
-        .and_then(|mut f| f.write_all(text.as_bytes()))
-        .with_context(|| format!("write {}", tmp.display()))?;
-    fs::rename(&tmp, &path).with_context(|| format!("write {}", path.display()))
+    let tmp = d.join(format!(".{}.tmp", record.host_veth));
+    super::store::replace_file(&tmp, &d.join(&record.host_veth), serde_json::to_string(record)?.as_bytes())
 }
 
 /// Removes the record; a missing one is fine.

@@ -91,24 +91,7 @@ impl DiskStore {
     fn write_last_reserved(&self, rangeset: usize, ip: IpAddr) -> Result<()> {
         let last = self.dir.join(format!("{LAST_RESERVED}{rangeset}"));
         let tmp = self.dir.join(format!(".{LAST_RESERVED}{rangeset}.tmp"));
-        match fs::symlink_metadata(&tmp) {
-            Ok(m) if !m.file_type().is_file() => bail!(
-                "{} is not a regular file (a link planted in the state directory?): refusing to write through it",
-                tmp.display()
-            ),
-            // Left by a process killed before its rename.
-            Ok(_) => fs::remove_file(&tmp).with_context(|| format!("remove stale {}", tmp.display()))?,
-            Err(_) => {}
-        }
-        OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .custom_flags(nix::libc::O_NOFOLLOW)
-            .mode(0o644)
-            .open(&tmp)
-            .and_then(|mut f| f.write_all(ip.to_string().as_bytes()))
-            .with_context(|| format!("write {}", tmp.display()))?;
-        fs::rename(&tmp, &last).with_context(|| format!("write {}", last.display()))
+        replace_file(&tmp, &last, ip.to_string().as_bytes())
     }
 
     /// Releases the leases of pods that cannot exist any more: written
@@ -139,17 +122,7 @@ impl DiskStore {
                 released.push(lease);
             }
         }
-        let tmp = self.dir.join(format!(".{BOOT_FILE}.tmp"));
-        let _ = fs::remove_file(&tmp);
-        OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .custom_flags(nix::libc::O_NOFOLLOW)
-            .mode(0o644)
-            .open(&tmp)
-            .and_then(|mut f| f.write_all(now.as_bytes()))
-            .with_context(|| format!("write {}", tmp.display()))?;
-        fs::rename(&tmp, &stamp).with_context(|| format!("write {}", stamp.display()))?;
+        replace_file(&self.dir.join(format!(".{BOOT_FILE}.tmp")), &stamp, now.as_bytes())?;
         self.sync_dir()?;
         Ok(released)
     }
@@ -263,6 +236,30 @@ impl LeaseStore for DiskStore {
         out.sort_by_key(|l| super::cidr::to_u128(l.ip));
         Ok(out)
     }
+}
+
+/// Writes `path` through a private file created O_EXCL (which never
+/// follows a link) and renamed over it (which replaces a link rather than
+/// writing through it). A link planted at the private name is refused,
+/// not followed or removed; a file left there by a killed writer goes.
+pub(super) fn replace_file(tmp: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
+    match fs::symlink_metadata(tmp) {
+        Ok(m) if !m.file_type().is_file() => bail!(
+            "{} is not a regular file (a link planted in the state directory?): refusing to write through it",
+            tmp.display()
+        ),
+        Ok(_) => fs::remove_file(tmp).with_context(|| format!("remove stale {}", tmp.display()))?,
+        Err(_) => {}
+    }
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .mode(0o644)
+        .open(tmp)
+        .and_then(|mut f| f.write_all(bytes))
+        .with_context(|| format!("write {}", tmp.display()))?;
+    fs::rename(tmp, path).with_context(|| format!("write {}", path.display()))
 }
 
 fn boot_id() -> Option<String> {

@@ -47,7 +47,7 @@ pub struct Node {
     pods: RefCell<Vec<(String, String)>>, // (netns, container id)
 }
 
-fn run_ok(cmd: &mut Command, what: &str) -> Output {
+pub fn run_ok(cmd: &mut Command, what: &str) -> Output {
     let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
     assert!(
         out.status.success(),
