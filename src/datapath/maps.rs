@@ -53,6 +53,7 @@ pub const MAP_NAMES: &[&str] = &[
     "events",
     "events_lost",
     "event_limit",
+    "tunnels",
 ];
 
 /// Views a generated map type as the bytes the kernel expects.

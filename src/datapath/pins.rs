@@ -33,6 +33,8 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
 const PROG_PREFIX: &str = "from_pod_";
 const PROG_TO_PREFIX: &str = "to_pod_";
+/// `to_tunnel`, for the egress of the node's VXLAN device (the agent's).
+const PROG_TUNNEL_PREFIX: &str = "to_tunnel_";
 pub(super) const LINKS_DIR: &str = "links";
 
 pub fn network_dir(pin_root: &Path, network: &str) -> PathBuf {
@@ -110,8 +112,9 @@ impl Datapath {
         let dir = network_dir(pin_root, network);
         fs::create_dir_all(dir.join(LINKS_DIR)).with_context(|| format!("create pin directory {}", dir.display()))?;
         let _lock = lock_dir(&dir)?;
-        if !dir.join(format!("{PROG_PREFIX}{BPF_ID}")).exists()
-            || !dir.join(format!("{PROG_TO_PREFIX}{BPF_ID}")).exists()
+        if [PROG_PREFIX, PROG_TO_PREFIX, PROG_TUNNEL_PREFIX]
+            .iter()
+            .any(|prefix| !dir.join(format!("{prefix}{BPF_ID}")).exists())
         {
             load_and_pin(&dir)?;
         }
@@ -148,7 +151,7 @@ pub fn pinned_programs(dir: &Path) -> Vec<(String, bool)> {
         .flatten()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with(PROG_PREFIX) || n.starts_with(PROG_TO_PREFIX))
+        .filter(|n| [PROG_PREFIX, PROG_TO_PREFIX, PROG_TUNNEL_PREFIX].iter().any(|p| n.starts_with(p)))
         .map(|n| {
             let ours = n.ends_with(BPF_ID);
             (n, ours)
@@ -196,7 +199,11 @@ fn load_and_pin(dir: &Path) -> Result<()> {
             format!("load BPF program: this kernel lacks {}", missing.join(", "))
         }
     })?;
-    for (prefix, prog) in [(PROG_PREFIX, &mut skel.progs.from_pod), (PROG_TO_PREFIX, &mut skel.progs.to_pod)] {
+    for (prefix, prog) in [
+        (PROG_PREFIX, &mut skel.progs.from_pod),
+        (PROG_TO_PREFIX, &mut skel.progs.to_pod),
+        (PROG_TUNNEL_PREFIX, &mut skel.progs.to_tunnel),
+    ] {
         // bpffs refuses '.' in names: no dot-file temporaries here.
         let tmp = dir.join(format!("tmp_{prefix}{BPF_ID}_{}", std::process::id()));
         let pin = dir.join(format!("{prefix}{BPF_ID}"));
@@ -210,8 +217,9 @@ fn load_and_pin(dir: &Path) -> Result<()> {
     for entry in fs::read_dir(dir)? {
         let path = entry?.path();
         let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
-        let ours = name == format!("{PROG_PREFIX}{BPF_ID}") || name == format!("{PROG_TO_PREFIX}{BPF_ID}");
-        if (name.starts_with(PROG_PREFIX) || name.starts_with(PROG_TO_PREFIX)) && !ours {
+        let prefixes = [PROG_PREFIX, PROG_TO_PREFIX, PROG_TUNNEL_PREFIX];
+        let ours = prefixes.iter().any(|p| name == format!("{p}{BPF_ID}"));
+        if prefixes.iter().any(|p| name.starts_with(p)) && !ours {
             fs::remove_file(&path).with_context(|| format!("unpin old program {}", path.display()))?;
         }
     }
