@@ -1,6 +1,7 @@
 //! The operator's CLI: `ebpfcni maps dump …`, `policy …`, `monitor`,
 //! `version`. Human tables by default, `--json` for scripts.
 
+mod agent;
 mod bench;
 mod conflist;
 mod maps;
@@ -28,6 +29,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The node daemon: peers from a NodeList file to routes or the tunnel map, node rules, the CNI config.
+    Agent(agent::AgentArgs),
     /// Inspect the pinned BPF maps.
     Maps {
         #[command(subcommand)]
@@ -108,6 +111,7 @@ impl Target {
 pub fn main() -> i32 {
     let cli = Cli::parse();
     let outcome = match cli.command {
+        Command::Agent(args) => agent::run(&args),
         Command::Maps { command } => maps::run(command),
         Command::Policy { command } => policy::run(command),
         Command::Monitor(args) => monitor::run(&args),

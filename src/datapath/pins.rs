@@ -144,6 +144,13 @@ impl Datapath {
     }
 }
 
+impl Datapath {
+    /// `to_tunnel`, pinned beside the pod programs.
+    pub fn tunnel_prog(&self) -> Result<OwnedFd> {
+        open_prog(&self.dir, PROG_TUNNEL_PREFIX)
+    }
+}
+
 /// The program pins of a network directory: (name, is this binary's).
 pub fn pinned_programs(dir: &Path) -> Vec<(String, bool)> {
     let mut out: Vec<(String, bool)> = fs::read_dir(dir)
