@@ -3,6 +3,7 @@
 
 mod agent;
 mod bench;
+mod bench_net;
 mod conflist;
 mod maps;
 mod monitor;
@@ -63,6 +64,9 @@ enum Command {
     /// Nanoseconds per packet of the classifier (BPF_PROG_TEST_RUN).
     #[command(hide = true)]
     BenchDatapath(bench::BenchArgs),
+    /// TCP stream throughput and request/response latency (scripts/bench.sh).
+    #[command(hide = true, subcommand)]
+    BenchNet(bench_net::BenchNet),
 }
 
 /// Which network's pins a command works on.
@@ -121,6 +125,7 @@ pub fn main() -> i32 {
         Command::Node { command } => node::run(command),
         Command::Pods(args) => pods::run(&args),
         Command::BenchDatapath(args) => bench::run(&args),
+        Command::BenchNet(cmd) => bench_net::run(&cmd),
         Command::Version => {
             println!(
                 "ebpfcni {} (bpf program {}, CNI spec {})",
