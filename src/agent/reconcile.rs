@@ -88,6 +88,58 @@ fn write_conf(path: &Path, doc: &Value) -> Result<bool> {
     Ok(true)
 }
 
+/// The template completed for one node.
+struct Completed {
+    routing: Routing,
+    mtu: u32,
+    /// The ebpfcni entry as a config of its own (cniVersion, name).
+    plugin: Value,
+}
+
+/// Completes the template `doc` in place for node `me`: `routing` (vxlan
+/// by default), `subnet` (or `ipam.ranges`) from its pod ranges unless the
+/// template has one, `mtu` from the underlay's minus the tunnel overhead
+/// unless the template sets it.
+fn complete(doc: &mut Value, me: &NodeInfo, underlay_mtu: u32, underlay_v4: bool) -> Result<Completed> {
+    let cni_version = doc["cniVersion"].clone();
+    let name = doc["name"].clone();
+    let entry = plugin_entry(doc)?;
+    let routing: Routing = match entry.get("routing").and_then(Value::as_str) {
+        Some(r) => r.parse()?,
+        None => Routing::default(),
+    };
+    entry["routing"] = json!(routing.to_string());
+    if entry.get("subnet").is_none() && entry.get("ipam").is_none() {
+        match me.pod_cidrs.as_slice() {
+            [] => bail!("node {} has no podCIDR in the peer list", me.name),
+            [one] => entry["subnet"] = json!(one.to_string()),
+            many => {
+                entry["ipam"] =
+                    json!({"ranges": many.iter().map(|c| json!([{"subnet": c.to_string()}])).collect::<Vec<_>>()})
+            }
+        }
+    }
+    let overhead = match routing {
+        Routing::Native => 0,
+        Routing::Vxlan if underlay_v4 => datapath::TUNNEL_OVERHEAD_V4,
+        Routing::Vxlan => datapath::TUNNEL_OVERHEAD_V6,
+    };
+    let mtu = match entry.get("mtu").and_then(Value::as_u64) {
+        Some(m) => m as u32,
+        None => {
+            let m = underlay_mtu.saturating_sub(overhead);
+            entry["mtu"] = json!(m);
+            m
+        }
+    };
+    let mut plugin = entry.clone();
+    plugin["cniVersion"] = cni_version;
+    if plugin.get("name").is_none() {
+        plugin["name"] = name;
+    }
+    Ok(Completed { routing, mtu, plugin })
+}
+
 pub struct Reconciler {
     pub opts: Options,
     nl: Netlink,
@@ -114,45 +166,11 @@ impl Reconciler {
             .with_context(|| format!("read CNI config template {}", self.opts.template.display()))?;
         let mut doc: Value = serde_json::from_slice(&text)
             .with_context(|| format!("parse CNI config template {}", self.opts.template.display()))?;
-        let cni_version = doc["cniVersion"].clone();
-        let name = doc["name"].clone();
-        let entry = plugin_entry(&mut doc)?;
-        let routing: Routing = match entry.get("routing").and_then(Value::as_str) {
-            Some(r) => r.parse()?,
-            None => Routing::default(),
-        };
-        entry["routing"] = json!(routing.to_string());
-        out.routing = Some(routing);
-        if entry.get("subnet").is_none() && entry.get("ipam").is_none() {
-            match me.pod_cidrs.as_slice() {
-                [] => bail!("node {} has no podCIDR in the peer list", me.name),
-                [one] => entry["subnet"] = json!(one.to_string()),
-                many => {
-                    entry["ipam"] =
-                        json!({"ranges": many.iter().map(|c| json!([{"subnet": c.to_string()}])).collect::<Vec<_>>()})
-                }
-            }
-        }
         let (_, underlay_mtu) = underlay_link(&self.nl, own_ip)?;
-        let overhead = match routing {
-            Routing::Native => 0,
-            Routing::Vxlan if own_ip.is_ipv4() => datapath::TUNNEL_OVERHEAD_V4,
-            Routing::Vxlan => datapath::TUNNEL_OVERHEAD_V6,
-        };
-        let mtu = match entry.get("mtu").and_then(Value::as_u64) {
-            Some(m) => m as u32,
-            None => {
-                let m = underlay_mtu.saturating_sub(overhead);
-                entry["mtu"] = json!(m);
-                m
-            }
-        };
-        out.mtu = Some(mtu);
-        let mut plugin = entry.clone();
-        plugin["cniVersion"] = cni_version;
-        if plugin.get("name").is_none() {
-            plugin["name"] = name;
-        }
+        let completed = complete(&mut doc, &me, underlay_mtu, own_ip.is_ipv4())?;
+        out.routing = Some(completed.routing);
+        out.mtu = Some(completed.mtu);
+        let (routing, mtu, plugin) = (completed.routing, completed.mtu, completed.plugin);
         let conf = NetConf::parse(plugin.to_string().as_bytes()).context("the completed CNI config is invalid")?;
 
         let dp = Datapath::load(&conf.bpf_pin_path, &conf.name)?;
@@ -300,5 +318,45 @@ impl Reconciler {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(cidrs: &[&str]) -> NodeInfo {
+        NodeInfo {
+            name: "a".into(),
+            pod_cidrs: cidrs.iter().map(|c| c.parse().unwrap()).collect(),
+            internal_ip: Some("192.168.0.1".parse().unwrap()),
+        }
+    }
+
+    #[test]
+    fn a_conflist_template_is_completed_in_its_ebpfcni_entry() {
+        let mut doc: Value =
+            serde_json::from_str(include_str!("../../conf/cni-template.conflist")).expect("template parses");
+        let c = complete(&mut doc, &node(&["10.244.7.0/24"]), 9000, true).unwrap();
+        assert_eq!((c.routing, c.mtu), (Routing::Vxlan, 8950));
+        let entry = &doc["plugins"][0];
+        assert_eq!(entry["subnet"], "10.244.7.0/24");
+        assert_eq!(entry["mtu"], 8950);
+        assert_eq!(doc["plugins"][1]["type"], "portmap");
+        let conf = NetConf::parse(c.plugin.to_string().as_bytes()).unwrap();
+        assert_eq!((conf.name.as_str(), conf.routing, conf.mtu), ("ebpfcni", Some(Routing::Vxlan), Some(8950)));
+    }
+
+    #[test]
+    fn native_keeps_the_underlay_mtu_and_dual_stack_gets_two_range_sets() {
+        let mut doc = json!({"cniVersion": "1.1.0", "name": "n", "type": "ebpfcni", "routing": "native"});
+        let c = complete(&mut doc, &node(&["10.244.7.0/24", "fd00:7::/64"]), 1500, true).unwrap();
+        assert_eq!(c.mtu, 1500);
+        let conf = NetConf::parse(c.plugin.to_string().as_bytes()).unwrap();
+        assert_eq!(conf.rangesets.len(), 2);
+        let mut doc = json!({"cniVersion": "1.1.0", "name": "n", "type": "ebpfcni", "mtu": 1400});
+        assert_eq!(complete(&mut doc, &node(&["10.244.7.0/24"]), 1500, false).unwrap().mtu, 1400);
+        let mut doc = json!({"cniVersion": "1.1.0", "name": "n", "type": "ebpfcni"});
+        assert!(complete(&mut doc, &node(&[]), 1500, true).is_err(), "no podCIDR");
     }
 }
