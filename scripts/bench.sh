@@ -93,3 +93,6 @@ for n in 10 1000; do
     single=$(field established_single_run_ns <<<"$out")
     printf '%-12s %8s %14s %12s %18s %10s\n' "$n" "$(field entries <<<"$out")" "$est" "$new" "$single" "$((new - single))"
 done
+
+# Cross-node: pod to pod against node to node, both routing modes.
+scripts/bench-multinode.sh

@@ -1,6 +1,7 @@
 //! `ebpfcni` is both the CNI plugin (when `CNI_COMMAND` is set, as a
 //! runtime calls it) and the operator's CLI (clap subcommands otherwise).
 
+mod agent;
 mod child;
 mod cli;
 mod cni;

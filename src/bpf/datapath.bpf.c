@@ -148,6 +148,7 @@ enum event_dir *event_dir_layout __attribute__((unused));
 #include "observe.h"
 #include "policy.h"
 #include "conntrack.h"
+#include "tunnel.h"
 
 static __always_inline struct settings *settings_get(void)
 {
@@ -401,6 +402,13 @@ int to_pod(struct __sk_buff *skb)
 	if (tracing(s))
 		event_emit(skb, &p, EVENT_PASSED, REASON_NONE, DIR_TO_POD);
 	return TC_ACT_OK;
+}
+
+/* to_tunnel (egress of the node's VXLAN device): pods of other nodes. */
+SEC("tc")
+int to_tunnel(struct __sk_buff *skb)
+{
+	return tunnel_egress(skb);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -1,7 +1,9 @@
 //! The operator's CLI: `ebpfcni maps dump …`, `policy …`, `monitor`,
 //! `version`. Human tables by default, `--json` for scripts.
 
+mod agent;
 mod bench;
+mod bench_net;
 mod conflist;
 mod maps;
 mod monitor;
@@ -29,6 +31,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The node daemon: peers from a NodeList file to routes or the tunnel map, node rules, the CNI config.
+    Agent(agent::AgentArgs),
     /// Inspect the pinned BPF maps.
     Maps {
         #[command(subcommand)]
@@ -64,6 +68,9 @@ enum Command {
     /// Nanoseconds per packet of the classifier (BPF_PROG_TEST_RUN).
     #[command(hide = true)]
     BenchDatapath(bench::BenchArgs),
+    /// TCP stream throughput and request/response latency (scripts/bench.sh).
+    #[command(hide = true, subcommand)]
+    BenchNet(bench_net::BenchNet),
 }
 
 /// Which network's pins a command works on.
@@ -112,6 +119,7 @@ impl Target {
 pub fn main() -> i32 {
     let cli = Cli::parse();
     let outcome = match cli.command {
+        Command::Agent(args) => agent::run(&args),
         Command::Maps { command } => maps::run(command),
         Command::Policy { command } => policy::run(command),
         Command::Monitor(args) => monitor::run(&args),
@@ -122,6 +130,7 @@ pub fn main() -> i32 {
         Command::Pods(args) => pods::run(&args),
         Command::Repair(args) => repair::run(&args),
         Command::BenchDatapath(args) => bench::run(&args),
+        Command::BenchNet(cmd) => bench_net::run(&cmd),
         Command::Version => {
             println!(
                 "ebpfcni {} (bpf program {}, CNI spec {})",

@@ -32,6 +32,9 @@ fn network_status(dir: &Path, name: &str) -> Result<Value> {
         "programs": programs.iter().map(|(n, ours)| json!({"pin": n, "this_binary": ours})).collect::<Vec<_>>(),
         "program_is_this_binary": current,
     });
+    if let Some(agent) = crate::agent::AgentState::load(name)? {
+        v["agent"] = agent_status(dir, agent)?;
+    }
     let Some(maps) = Maps::open_if_pinned(dir)? else { return Ok(v) };
     let endpoints = maps.endpoints()?;
     // Per pod (host veth), as the kernel reports its two hooks.
@@ -59,6 +62,29 @@ fn network_status(dir: &Path, name: &str) -> Result<Value> {
         "conntrack": maps.conntrack_fill()?,
         "errors": crate::policy::report::load(dir)?,
     });
+    Ok(v)
+}
+
+/// The agent's state file, and what the node holds of its work: its
+/// routes, tunnel entries and cluster ranges, as the kernel has them.
+fn agent_status(dir: &Path, agent: crate::agent::AgentState) -> Result<Value> {
+    let mut v = serde_json::to_value(&agent)?;
+    let alive = agent.pid != 0 && nix::sys::signal::kill(nix::unistd::Pid::from_raw(agent.pid as i32), None).is_ok();
+    v["running"] = json!(alive && agent.state != "stopped");
+    let nl = crate::netlink::Netlink::connect()?;
+    let routes = nl.routes_of_protocol(crate::agent::ROUTE_PROTOCOL)?;
+    v["routes"] = json!(routes
+        .iter()
+        .map(|r| match r.gateway {
+            Some(g) => format!("{} via {g}", r.dst),
+            None => format!("{} dev {}", r.dst, super::ifname(r.oif)),
+        })
+        .collect::<Vec<_>>());
+    if dir.join("tunnels").exists() {
+        let t = datapath::Tunnels::open(dir)?.entries()?;
+        v["tunnels"] = json!(t.iter().map(|(c, t)| format!("{c} -> {}", t.node)).collect::<Vec<_>>());
+    }
+    v["vxlan_device"] = json!(nl.link_by_name(crate::agent::VXLAN_DEVICE)?.is_some());
     Ok(v)
 }
 
@@ -154,6 +180,43 @@ fn print_table(node: &Value, features: &[datapath::Feature], pin_path: &Path) {
             progs.join(", "),
             if n["program_is_this_binary"] == true { "" } else { " (none from this binary)" }
         );
+        if let Some(ag) = n.get("agent") {
+            let last = &ag["last_reconcile"];
+            println!(
+                "  agent:     {}{} on node {}, routing {}, pod MTU {}, pod ranges {}",
+                ag["state"].as_str().unwrap_or(""),
+                if ag["running"] == true { "" } else { " (not running)" },
+                ag["node"].as_str().unwrap_or(""),
+                ag["routing"].as_str().unwrap_or(""),
+                ag["mtu"],
+                ag["pod_cidrs"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            println!(
+                "  reconcile: at {} ({}), {} change(s), {} ms{}",
+                last["at"],
+                if last["ok"] == true { "ok" } else { "FAILED" },
+                last["changes"],
+                last["duration_ms"],
+                last["error"].as_str().map(|e| format!(": {e}")).unwrap_or_default()
+            );
+            for p in ag["peers"].as_array().into_iter().flatten() {
+                let cidrs: Vec<&str> =
+                    p["pod_cidrs"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+                println!(
+                    "  peer:      {} {} at {}: {}",
+                    p["name"].as_str().unwrap_or(""),
+                    cidrs.join(","),
+                    p["address"].as_str().unwrap_or("?"),
+                    p["status"].as_str().unwrap_or("")
+                );
+            }
+        }
         let a = &n["attached"];
         println!(
             "  pods:      {} ({} endpoints; as the kernel reports: {} attached with tcx, {} with tc, {} partial, {} detached)",

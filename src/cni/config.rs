@@ -46,6 +46,7 @@ struct RawConf {
     cluster_cidr: Option<StringOrList>,
     #[serde(rename = "nonMasqueradeCIDRs")]
     non_masquerade_cidrs: Option<Vec<String>>,
+    routing: Option<String>,
     // Set by the runtime or reserved by the spec.
     args: Option<RawArgs>,
     runtime_config: Option<RawRuntimeConfig>,
@@ -169,6 +170,37 @@ pub struct Route {
     pub gw: Option<IpAddr>,
 }
 
+/// How pods reach pods of other nodes (`routing`, set where `ebpfcni
+/// agent` manages the node).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Routing {
+    /// A route per peer's pod range via its InternalIP (one L2 segment).
+    Native,
+    /// One collect-metadata VXLAN device per node, keyed by BPF.
+    #[default]
+    Vxlan,
+}
+
+impl std::str::FromStr for Routing {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "native" => Ok(Routing::Native),
+            "vxlan" => Ok(Routing::Vxlan),
+            other => bail!("routing {other:?} is not one of native, vxlan"),
+        }
+    }
+}
+
+impl std::fmt::Display for Routing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Routing::Native => "native",
+            Routing::Vxlan => "vxlan",
+        })
+    }
+}
+
 /// A validated configuration with every default filled in.
 #[derive(Clone, Debug)]
 pub struct NetConf {
@@ -205,6 +237,9 @@ pub struct NetConf {
     /// `clusterCIDR` (default: the network's subnets) and
     /// `nonMasqueradeCIDRs`: destinations reached with the pod's own address.
     pub no_masquerade: Vec<Cidr>,
+    /// `routing`: set in the config the agent writes; None on a node
+    /// without the agent (pods reach their own node's pods only).
+    pub routing: Option<Routing>,
 }
 
 fn invalid(msg: impl Into<String>) -> anyhow::Error {
@@ -330,7 +365,11 @@ impl NetConf {
             .map(|c| c.map(|c| c.as_network()))
             .collect::<Result<Vec<_>>>()?;
 
+        let routing =
+            raw.routing.as_deref().map(str::parse::<Routing>).transpose().map_err(|e| invalid(format!("{e:#}")))?;
+
         Ok(NetConf {
+            routing,
             cni_version: raw.cni_version,
             name: raw.name,
             bridge,

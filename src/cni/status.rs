@@ -1,6 +1,7 @@
 //! STATUS (spec 1.1): succeeds only when an ADD would: the kernel features
 //! the datapath needs (BTF, bpf_redirect_peer, ...), bpffs,
-//! the program pinned or loadable, and an address left in every range set.
+//! the program pinned or loadable, an address left in every range set,
+//! and (for a network with `routing`) the agent having programmed the node.
 //! Otherwise code 50 naming everything that is missing. Changes nothing.
 
 use anyhow::Result;
@@ -35,6 +36,16 @@ pub fn status(conf: &NetConf) -> Result<()> {
                 let ranges: Vec<String> = set.iter().map(|r| format!("{}-{}", r.start, r.end)).collect();
                 missing.push(format!("no free address left in {}", ranges.join(", ")));
             }
+        }
+    }
+    // A network the agent manages is ready once the agent has programmed
+    // the node (routes or tunnel to the other nodes).
+    if conf.routing.is_some() {
+        match crate::agent::AgentState::load(&conf.name) {
+            Ok(Some(s)) if s.ready => {}
+            Ok(Some(s)) => missing.push(format!("ebpfcni agent is {} (the node is not programmed yet)", s.state)),
+            Ok(None) => missing.push("ebpfcni agent has not programmed the node yet".to_string()),
+            Err(e) => missing.push(format!("ebpfcni agent state unreadable: {e:#}")),
         }
     }
     if missing.is_empty() {

@@ -190,7 +190,8 @@ mod checked_in {
     use crate::datapath::skel::DatapathSkelBuilder;
 
     const FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src/datapath/layouts.txt");
-    const FILLS: &[&str] = &["rebuilt-from-records", "rebuilt-from-config", "rebuilt-policy", "state-lost"];
+    const FILLS: &[&str] =
+        &["rebuilt-from-records", "rebuilt-from-config", "rebuilt-policy", "rebuilt-by-agent", "state-lost"];
 
     #[test]
     fn every_map_layout_is_checked_in_with_its_fill_rule() {

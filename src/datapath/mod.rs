@@ -11,6 +11,7 @@ mod pins;
 mod query;
 mod reader;
 mod rulebook;
+mod tunnel;
 
 mod skel {
     #![allow(clippy::all, unused_imports, non_camel_case_types, dead_code)]
@@ -29,6 +30,7 @@ pub use pins::{bpffs_available, lock_dir, network_dir, pinned_programs, probe_lo
 pub use query::{Hook, NetworkPrograms};
 pub use reader::{claim_events, release_dead_reader};
 pub use rulebook::RuleBook;
+pub use tunnel::{vxlan_mac, TunnelTarget, Tunnels, TUNNEL_OVERHEAD_V4, TUNNEL_OVERHEAD_V6, TUNNEL_PORT};
 
 /// Identifies the BPF program this binary carries (a hash of its sources).
 pub const BPF_ID: &str = env!("EBPFCNI_BPF_ID");

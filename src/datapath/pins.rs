@@ -38,6 +38,10 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
 const PROG_PREFIX: &str = "from_pod_";
 const PROG_TO_PREFIX: &str = "to_pod_";
+/// `to_tunnel`, for the egress of the node's VXLAN device (the agent's).
+const PROG_TUNNEL_PREFIX: &str = "to_tunnel_";
+/// Every program this build pins, by name prefix.
+const PROG_PREFIXES: [&str; 3] = [PROG_PREFIX, PROG_TO_PREFIX, PROG_TUNNEL_PREFIX];
 pub(super) const LINKS_DIR: &str = "links";
 
 pub fn network_dir(pin_root: &Path, network: &str) -> PathBuf {
@@ -122,7 +126,7 @@ impl Datapath {
         let dir = network_dir(pin_root, network);
         fs::create_dir_all(dir.join(LINKS_DIR)).with_context(|| format!("create pin directory {}", dir.display()))?;
         let _lock = lock_dir(&dir)?;
-        let complete = [PROG_PREFIX, PROG_TO_PREFIX].iter().all(|p| dir.join(format!("{p}{BPF_ID}")).exists())
+        let complete = PROG_PREFIXES.iter().all(|p| dir.join(format!("{p}{BPF_ID}")).exists())
             && MAP_NAMES.iter().all(|m| dir.join(m).exists());
         let fresh = if complete { Vec::new() } else { load_and_pin(&dir, refill)? };
         Ok(Datapath {
@@ -153,6 +157,13 @@ impl Datapath {
     }
 }
 
+impl Datapath {
+    /// `to_tunnel`, pinned beside the pod programs.
+    pub fn tunnel_prog(&self) -> Result<OwnedFd> {
+        open_prog(&self.dir, PROG_TUNNEL_PREFIX)
+    }
+}
+
 /// The program pins of a network directory: (name, is this binary's).
 pub fn pinned_programs(dir: &Path) -> Vec<(String, bool)> {
     let mut out: Vec<(String, bool)> = fs::read_dir(dir)
@@ -160,7 +171,7 @@ pub fn pinned_programs(dir: &Path) -> Vec<(String, bool)> {
         .flatten()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with(PROG_PREFIX) || n.starts_with(PROG_TO_PREFIX))
+        .filter(|n| PROG_PREFIXES.iter().any(|p| n.starts_with(p)))
         .map(|n| {
             let ours = n.ends_with(BPF_ID);
             (n, ours)
@@ -260,7 +271,11 @@ fn load_and_pin(dir: &Path, refill: &dyn Fn(&Maps, &[String]) -> Result<()>) -> 
     }
     // Derived state first, so the switch finds every pod known.
     refill(&Maps::open(dir)?, &fresh)?;
-    for (prefix, prog) in [(PROG_PREFIX, &mut skel.progs.from_pod), (PROG_TO_PREFIX, &mut skel.progs.to_pod)] {
+    for (prefix, prog) in [
+        (PROG_PREFIX, &mut skel.progs.from_pod),
+        (PROG_TO_PREFIX, &mut skel.progs.to_pod),
+        (PROG_TUNNEL_PREFIX, &mut skel.progs.to_tunnel),
+    ] {
         // bpffs refuses '.' in names: no dot-file temporaries here.
         let tmp = dir.join(format!("tmp_{prefix}{BPF_ID}_{}", std::process::id()));
         let pin = dir.join(format!("{prefix}{BPF_ID}"));
@@ -275,8 +290,8 @@ fn load_and_pin(dir: &Path, refill: &dyn Fn(&Maps, &[String]) -> Result<()>) -> 
     for entry in fs::read_dir(dir)? {
         let path = entry?.path();
         let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
-        let ours = name == format!("{PROG_PREFIX}{BPF_ID}") || name == format!("{PROG_TO_PREFIX}{BPF_ID}");
-        if (name.starts_with(PROG_PREFIX) || name.starts_with(PROG_TO_PREFIX)) && !ours {
+        let ours = PROG_PREFIXES.iter().any(|p| name == format!("{p}{BPF_ID}"));
+        if PROG_PREFIXES.iter().any(|p| name.starts_with(p)) && !ours {
             fs::remove_file(&path).with_context(|| format!("unpin old program {}", path.display()))?;
         }
     }

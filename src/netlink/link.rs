@@ -107,6 +107,47 @@ impl Netlink {
             .with_context(|| format!("create bridge {name}"))
     }
 
+    /// Creates a collect-metadata ("external") VXLAN device: the tunnel key
+    /// of each packet is set by BPF (`to_tunnel`), not by the device. ARP
+    /// is off on it (the program writes the peer's MAC into each frame),
+    /// learning is off (nothing learned from what arrives is trusted).
+    pub fn create_vxlan(&self, name: &str, mac: [u8; 6], mtu: u32, port: u16) -> Result<()> {
+        // IFLA_VXLAN_* from linux/if_link.h.
+        const IFLA_VXLAN_LEARNING: u16 = 7;
+        const IFLA_VXLAN_PORT: u16 = 15;
+        const IFLA_VXLAN_COLLECT_METADATA: u16 = 25;
+        let mut data = RtBuffer::<u16, Buffer>::new();
+        data.push(attr(IFLA_VXLAN_LEARNING, 0u8)?);
+        data.push(attr(IFLA_VXLAN_PORT, port.to_be_bytes())?);
+        data.push(attr(IFLA_VXLAN_COLLECT_METADATA, 1u8)?);
+        let mut info = RtBuffer::new();
+        info.push(attr(IflaInfo::Kind, "vxlan")?);
+        info.push(attr(IflaInfo::Data, data)?);
+        let mut attrs = RtBuffer::new();
+        attrs.push(attr(Ifla::Ifname, name)?);
+        attrs.push(attr(Ifla::Address, mac)?);
+        attrs.push(attr(Ifla::Mtu, mtu)?);
+        attrs.push(attr(Ifla::Linkinfo, info)?);
+        let msg = IfinfomsgBuilder::default()
+            .ifi_family(RtAddrFamily::Unspecified)
+            .ifi_index(0)
+            .ifi_flags(Iff::NOARP)
+            .ifi_change(Iff::NOARP)
+            .rtattrs(attrs)
+            .build()
+            .map_err(|e| anyhow!("build ifinfomsg: {e}"))?;
+        self.request(Rtm::Newlink, NlmF::CREATE | NlmF::EXCL, msg)
+            .with_context(|| format!("create vxlan device {name}"))
+    }
+
+    /// Sets a link's MTU.
+    pub fn set_mtu(&self, index: u32, mtu: u32) -> Result<()> {
+        let mut attrs = RtBuffer::new();
+        attrs.push(attr(Ifla::Mtu, mtu)?);
+        self.request(Rtm::Setlink, NlmF::empty(), ifinfo(index as i32, attrs)?)
+            .with_context(|| format!("set MTU of link {index} to {mtu}"))
+    }
+
     /// Every link of the namespace.
     pub fn links(&self) -> Result<Vec<Link>> {
         let all = self.query(Rtm::Getlink, NlmF::DUMP, ifinfo(0, RtBuffer::new())?).context("list links")?;

@@ -23,6 +23,7 @@ use neli::{
 
 pub use link::Link;
 pub use netns::Netns;
+pub use route::OwnedRoute;
 
 /// An rtnetlink socket, bound to the network namespace it was opened in.
 pub struct Netlink {

@@ -64,7 +64,82 @@ impl Netlink {
     }
 }
 
+/// A main-table route of one routing protocol (the agent's own).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct OwnedRoute {
+    pub dst: Cidr,
+    pub gateway: Option<IpAddr>,
+    pub oif: u32,
+}
+
 impl Netlink {
+    fn route_msg(&self, r: &OwnedRoute, proto: u8) -> Result<neli::rtnl::Rtmsg> {
+        let mut attrs = RtBuffer::new();
+        attrs.push(rta(Rta::Dst, ip_bytes(r.dst.network()))?);
+        if let Some(gw) = r.gateway {
+            attrs.push(rta(Rta::Gateway, ip_bytes(gw))?);
+        }
+        attrs.push(rta(Rta::Oif, r.oif)?);
+        RtmsgBuilder::default()
+            .rtm_family(family(r.dst.addr))
+            .rtm_dst_len(r.dst.prefix)
+            .rtm_src_len(0)
+            .rtm_tos(0)
+            .rtm_table(RtTable::Main)
+            .rtm_protocol(Rtprot::UnrecognizedConst(proto))
+            .rtm_scope(if r.gateway.is_some() { RtScope::Universe } else { RtScope::Link })
+            .rtm_type(Rtn::Unicast)
+            .rtattrs(attrs)
+            .build()
+            .map_err(|e| anyhow!("build rtmsg: {e}"))
+    }
+
+    /// Adds the route, or replaces the one to the same destination.
+    pub fn replace_route(&self, r: &OwnedRoute, proto: u8) -> Result<()> {
+        let msg = self.route_msg(r, proto)?;
+        self.request(Rtm::Newroute, NlmF::CREATE | NlmF::REPLACE, msg)
+            .with_context(|| format!("replace route {} via {:?} dev {}", r.dst, r.gateway, r.oif))
+    }
+
+    /// Deletes the route; a missing one is fine.
+    pub fn delete_route(&self, r: &OwnedRoute, proto: u8) -> Result<()> {
+        let msg = self.route_msg(r, proto)?;
+        match self.request(Rtm::Delroute, NlmF::empty(), msg) {
+            Err(e) if super::errno(&e) == Some(nix::errno::Errno::ESRCH as i32) || super::is_not_found(&e) => Ok(()),
+            other => other.with_context(|| format!("delete route {}", r.dst)),
+        }
+    }
+
+    /// The main-table routes installed with routing protocol `proto`.
+    pub fn routes_of_protocol(&self, proto: u8) -> Result<Vec<OwnedRoute>> {
+        let msg = RtmsgBuilder::default()
+            .rtm_family(neli::consts::rtnl::RtAddrFamily::Unspecified)
+            .rtm_dst_len(0)
+            .rtm_src_len(0)
+            .rtm_tos(0)
+            .rtm_table(RtTable::Unspec)
+            .rtm_protocol(Rtprot::Unspec)
+            .rtm_scope(RtScope::Universe)
+            .rtm_type(Rtn::Unspec)
+            .build()
+            .map_err(|e| anyhow!("build rtmsg: {e}"))?;
+        let all = self.query(Rtm::Getroute, NlmF::DUMP, msg).context("list routes")?;
+        let mut out = Vec::new();
+        for m in all.iter().filter(|m| *m.rtm_table() == RtTable::Main) {
+            if u8::from(*m.rtm_protocol()) != proto {
+                continue;
+            }
+            let attrs = m.rtattrs().get_attr_handle();
+            let Some(dst) = attrs.get_attribute(Rta::Dst).and_then(|a| parse_ip(a.rta_payload().as_ref())) else {
+                continue;
+            };
+            let gateway = attrs.get_attribute(Rta::Gateway).and_then(|a| parse_ip(a.rta_payload().as_ref()));
+            let oif = attrs.get_attr_payload_as::<u32>(Rta::Oif).unwrap_or(0);
+            out.push(OwnedRoute { dst: Cidr { addr: dst, prefix: *m.rtm_dst_len() }, gateway, oif });
+        }
+        Ok(out)
+    }
+
     /// Main-table routes out of link `oif`: (destination, gateway).
     pub fn routes(&self, oif: u32) -> Result<Vec<(Cidr, Option<IpAddr>)>> {
         Ok(self.all_routes()?.into_iter().filter(|r| r.2 == oif).map(|(d, g, _)| (d, g)).collect())

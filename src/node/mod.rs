@@ -46,6 +46,28 @@ pub fn ensure(conf: &NetConf) -> Result<()> {
     batch.apply()
 }
 
+/// Makes the network's cluster sets (destinations its masquerade chain
+/// leaves alone) hold exactly `ranges`: every node's pod range. Nothing
+/// to keep without `ipMasq`.
+pub fn ensure_cluster_ranges(conf: &NetConf, ranges: &[crate::ipam::Cidr]) -> Result<()> {
+    if !conf.ip_masq {
+        return Ok(());
+    }
+    let Some(table) = Table::read()? else { bail!("ipMasq needs the nft command (nftables) on the node") };
+    let mut batch = nft::Batch::default();
+    batch.cluster_ranges(&table, &conf.name, ranges);
+    batch.apply()
+}
+
+/// The cluster ranges the network's sets hold now.
+pub fn cluster_ranges(network: &str) -> Result<Vec<crate::ipam::Cidr>> {
+    let Some(table) = Table::read()? else { return Ok(Vec::new()) };
+    Ok([4, 6]
+        .iter()
+        .flat_map(|f| table.sets.get(&format!("cluster{f}-{network}")).cloned().unwrap_or_default())
+        .collect())
+}
+
 /// What `remove` took away.
 #[derive(Debug, Default)]
 pub struct Removed {

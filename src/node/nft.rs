@@ -7,7 +7,11 @@
 //! (`masq-<network>`, nat/postrouting), and a `state` chain whose rule
 //! comments remember the sysctls ebpfcni changed and their earlier values,
 //! so removing the table restores them. Every change is one `nft -f`
-//! batch: applied whole or not at all.
+//! batch: applied whole or not at all. Where `ebpfcni agent` runs, a
+//! network's masquerade chain first returns for destinations in the sets
+//! `cluster4-<network>` and `cluster6-<network>`: every node's pod range,
+//! which the agent keeps up to date element by element (pods keep their
+//! own address towards pods of other nodes).
 
 use std::process::{Command, Stdio};
 
@@ -24,6 +28,12 @@ const MASQ_PREFIX: &str = "masq-";
 /// so an unchanged network costs one listing and no write.
 const SPEC_PREFIX: &str = "ebpfcni spec ";
 const SYSCTL_PREFIX: &str = "ebpfcni sysctl ";
+const CLUSTER_PREFIX: &str = "cluster";
+
+/// The set of the cluster's pod ranges of one family, for one network.
+fn cluster_set(network: &str, v4: bool) -> String {
+    format!("{CLUSTER_PREFIX}{}-{network}", if v4 { 4 } else { 6 })
+}
 
 /// What one network needs masqueraded.
 pub struct Masquerade<'a> {
@@ -42,6 +52,19 @@ pub struct Table {
     pub chains: Vec<String>,
     /// (chain, comment) of every rule that has one.
     pub comments: Vec<(String, String)>,
+    /// Set name -> its elements (prefixes).
+    pub sets: std::collections::BTreeMap<String, Vec<Cidr>>,
+}
+
+/// An element of an interval set as `nft -j` prints it: an address or a
+/// prefix.
+fn set_element(v: &Value) -> Option<Cidr> {
+    if let Some(s) = v.as_str() {
+        let ip: std::net::IpAddr = s.parse().ok()?;
+        return Some(Cidr { addr: ip, prefix: if ip.is_ipv4() { 32 } else { 128 } });
+    }
+    let p = v.get("prefix")?;
+    Some(Cidr { addr: p["addr"].as_str()?.parse().ok()?, prefix: u8::try_from(p["len"].as_u64()?).ok()? })
 }
 
 /// Runtimes may call plugins with a bare PATH: look where Debian and
@@ -87,6 +110,10 @@ impl Table {
         for item in v["nftables"].as_array().into_iter().flatten() {
             if let Some(name) = item["chain"]["name"].as_str() {
                 t.chains.push(name.to_string());
+            }
+            if let Some(name) = item["set"]["name"].as_str() {
+                let elems = item["set"]["elem"].as_array().into_iter().flatten().filter_map(set_element).collect();
+                t.sets.insert(name.to_string(), elems);
             }
             let rule = &item["rule"];
             if let (Some(chain), Some(comment)) = (rule["chain"].as_str(), rule["comment"].as_str()) {
@@ -137,11 +164,19 @@ fn addr_match(field: &str, op: &str, c: &Cidr) -> Value {
                      "right": {"prefix": {"addr": c.addr.to_string(), "len": c.prefix}}}})
 }
 
-/// The rules of a network's masquerade chain: exempt destinations return,
+/// The rules of a network's masquerade chain: the cluster's pod ranges
+/// and the exempt destinations return,
 /// anything else from the network's subnets that leaves through another
 /// device than the bridge takes the node's address.
 fn masq_rules(m: &Masquerade<'_>) -> Vec<Vec<Value>> {
     let mut rules = Vec::new();
+    for (v4, proto) in [(true, "ip"), (false, "ip6")] {
+        let set = format!("@{}", cluster_set(m.network, v4));
+        rules.push(vec![
+            json!({"match": {"op": "==", "left": {"payload": {"protocol": proto, "field": "daddr"}}, "right": set}}),
+            json!({"return": null}),
+        ]);
+    }
     for e in m.exempt {
         rules.push(vec![addr_match("daddr", "==", e), json!({"return": null})]);
     }
@@ -191,6 +226,7 @@ impl Batch {
             return;
         }
         self.ensure_table();
+        self.ensure_cluster_sets(m.network);
         let mut base = chain_obj(&chain);
         base["type"] = json!("nat");
         base["hook"] = json!("postrouting");
@@ -204,12 +240,53 @@ impl Batch {
         }
     }
 
-    /// Removes a network's masquerade chain, when there is one.
+    fn ensure_cluster_sets(&mut self, network: &str) {
+        for (v4, ty) in [(true, "ipv4_addr"), (false, "ipv6_addr")] {
+            let set = json!({"family": FAMILY, "table": TABLE, "name": cluster_set(network, v4),
+                             "type": ty, "flags": ["interval"]});
+            self.commands.push(json!({"add": {"set": set}}));
+        }
+    }
+
+    /// Makes the network's cluster sets hold exactly `ranges`, adding and
+    /// deleting single elements (never flushing: a packet in between
+    /// always sees every range that stays).
+    pub fn cluster_ranges(&mut self, table: &Table, network: &str, ranges: &[Cidr]) {
+        for v4 in [true, false] {
+            let name = cluster_set(network, v4);
+            let have = table.sets.get(&name);
+            let want: Vec<&Cidr> = ranges.iter().filter(|r| r.is_ipv4() == v4).collect();
+            let elem = |c: &Cidr| json!({"prefix": {"addr": c.network().to_string(), "len": c.prefix}});
+            let set = |elems: Vec<Value>| json!({"family": FAMILY, "table": TABLE, "name": name, "elem": elems});
+            let add: Vec<Value> =
+                want.iter().filter(|c| !have.is_some_and(|h| h.contains(c))).map(|c| elem(c)).collect();
+            let del: Vec<Value> = have.into_iter().flatten().filter(|c| !want.contains(c)).map(elem).collect();
+            if have.is_none() {
+                self.ensure_table();
+                self.ensure_cluster_sets(network);
+            }
+            if !del.is_empty() {
+                self.commands.push(json!({"delete": {"element": set(del)}}));
+            }
+            if !add.is_empty() {
+                self.commands.push(json!({"add": {"element": set(add)}}));
+            }
+        }
+    }
+
+    /// Removes a network's masquerade chain and cluster sets, when there
+    /// are any.
     pub fn remove_masquerade(&mut self, table: &Table, network: &str) {
         let chain = format!("{MASQ_PREFIX}{network}");
         if table.chains.contains(&chain) {
             self.commands.push(json!({"flush": {"chain": chain_obj(&chain)}}));
             self.commands.push(json!({"delete": {"chain": chain_obj(&chain)}}));
+        }
+        for v4 in [true, false] {
+            let name = cluster_set(network, v4);
+            if table.sets.contains_key(&name) {
+                self.commands.push(json!({"delete": {"set": {"family": FAMILY, "table": TABLE, "name": name}}}));
+            }
         }
     }
 

@@ -11,7 +11,7 @@ out=$3
 here=$(cd "$(dirname "$0")" && pwd)
 
 # In load order: a module's dependencies come before it.
-MODULES=(llc stp bridge veth sch_ingress cls_bpf)
+MODULES=(llc stp bridge veth sch_ingress cls_bpf udp_tunnel ip6_udp_tunnel vxlan)
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

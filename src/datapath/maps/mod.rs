@@ -8,7 +8,7 @@ mod flows;
 mod policy;
 #[cfg(test)]
 mod structs;
-mod typed;
+pub(super) mod typed;
 
 use std::net::{IpAddr, Ipv6Addr};
 use std::path::Path;
@@ -42,9 +42,10 @@ pub const MAP_NAMES: &[&str] = &[
     "events",
     "events_lost",
     "event_limit",
+    "tunnels",
 ];
 
-fn ip_to_key(ip: IpAddr) -> ip_key {
+pub(super) fn ip_to_key(ip: IpAddr) -> ip_key {
     let v6 = match ip {
         IpAddr::V4(v4) => v4.to_ipv6_mapped(),
         IpAddr::V6(v6) => v6,
@@ -52,7 +53,7 @@ fn ip_to_key(ip: IpAddr) -> ip_key {
     ip_key { addr: v6.octets() }
 }
 
-fn key_to_ip(k: &ip_key) -> IpAddr {
+pub(super) fn key_to_ip(k: &ip_key) -> IpAddr {
     let v6 = Ipv6Addr::from(k.addr);
     match v6.to_ipv4_mapped() {
         Some(v4) => IpAddr::V4(v4),

@@ -11,7 +11,7 @@ use libbpf_rs::{MapCore, MapFlags, MapHandle};
 use crate::datapath::skel::types::{
     ct_budget, ct_key, ct_new_value, ct_value, endpoint_info, event, event_loss, event_source, frag_key,
     hostflow_value, identity_key, ip_key, ipcache_key, ipcache_value, pod_info, policy_key, policy_value, settings,
-    traffic_stats,
+    traffic_stats, tunnel_key, tunnel_value,
 };
 
 /// Plain data shared with the kernel: `#[repr(C)]`, every byte
@@ -52,6 +52,8 @@ plain!(
     event_source,
     event_loss,
     event,
+    tunnel_key,
+    tunnel_value,
 );
 
 /// The bytes the kernel expects for `v`.
