@@ -6,6 +6,7 @@
 
 #![allow(dead_code)]
 
+pub mod fakeapi;
 pub mod frames;
 pub mod node;
 
