@@ -7,6 +7,7 @@ mod cni;
 mod datapath;
 mod fnv;
 mod ipam;
+mod kube;
 mod netlink;
 mod node;
 mod policy;

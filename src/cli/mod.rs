@@ -2,6 +2,7 @@
 //! `version`. Human tables by default, `--json` for scripts.
 
 mod bench;
+mod cluster;
 mod conflist;
 mod maps;
 mod monitor;
@@ -49,6 +50,8 @@ enum Command {
     Status(status::StatusArgs),
     /// One line per pod: container, netns, addresses, veth, attachment, identity, counters.
     Pods(pods::PodsArgs),
+    /// What the agent sees of the Kubernetes cluster (health, nodes, policy objects).
+    Cluster(cluster::ClusterArgs),
     /// Print the plugin version, the BPF program identity and CNI versions.
     Version,
     /// Validates a conflist and picks its CNI version (scripts/install.sh).
@@ -116,6 +119,7 @@ pub fn main() -> i32 {
         Command::Status(args) => status::run(&args),
         Command::Node { command } => node::run(command),
         Command::Pods(args) => pods::run(&args),
+        Command::Cluster(args) => cluster::run(&args),
         Command::BenchDatapath(args) => bench::run(&args),
         Command::Version => {
             println!(

@@ -83,7 +83,7 @@ impl FakeApi {
         let listener = TcpListener::bind("127.0.0.1:0").expect("fakeapi: bind 127.0.0.1:0");
         let addr = listener.local_addr().unwrap();
         let shared = Arc::new(Shared {
-            state: Mutex::new(State { rv: 100, oldest: 0, ..Default::default() }),
+            state: Mutex::new(State { rv: 100, ..Default::default() }),
             changed: Condvar::new(),
             conns: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(0),
@@ -200,9 +200,28 @@ impl FakeApi {
     /// any earlier resourceVersion gets 410 Gone. Open watches go on.
     pub fn compact(&self) {
         let mut st = self.shared.state.lock().unwrap();
+        Self::compact_locked(&mut st);
+    }
+
+    fn compact_locked(st: &mut State) {
         st.history.clear();
-        st.oldest = st.rv + 1;
-        st.rv += 1; // the compaction itself takes a revision, as in etcd
+        st.rv += 1; // the compaction takes a revision, as in etcd
+        st.oldest = st.rv;
+    }
+
+    /// Compacts and cuts every connection at once (no bookmark slips in
+    /// between): every client's resourceVersion is too old, so each must
+    /// relist.
+    pub fn expire(&self) {
+        {
+            let mut st = self.shared.state.lock().unwrap();
+            Self::compact_locked(&mut st);
+            st.epoch += 1;
+            self.shared.changed.notify_all();
+        }
+        for (_, c) in self.shared.conns.lock().unwrap().drain() {
+            let _ = c.shutdown(Shutdown::Both);
+        }
     }
 
     /// Sends a BOOKMARK to every open watch that allows them.
@@ -624,7 +643,7 @@ fn watch_stream(
                 chunk(w, &json!({"type": "ERROR", "object": status(400, "BadRequest", "invalid resourceVersion")}))?;
                 return write!(w, "0\r\n\r\n");
             };
-            if rv + 1 < st.oldest {
+            if rv < st.oldest {
                 let msg = format!("too old resource version: {rv} ({})", st.oldest);
                 drop(st);
                 chunk(w, &json!({"type": "ERROR", "object": status(410, "Expired", &msg)}))?;
