@@ -1,4 +1,4 @@
-//! `ebpfcni cluster`: the agent's cluster source (src/kube/) from the
+//! `ebpfcni-agent cluster`: the agent's cluster source (src/kube/) from the
 //! command line, against the fake API server: the NodeList and policy
 //! objects it prints, the node-list file it keeps up to date, and the
 //! error when the API server never answers. (The watch semantics
@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::fakeapi::{self, FakeApi};
-use common::BIN;
+use common::AGENT_BIN as BIN;
 use serde_json::{json, Value};
 
 struct Dir(std::path::PathBuf);

@@ -1,4 +1,4 @@
-//! `ebpfcni cluster`: what the agent sees of the Kubernetes cluster, from
+//! `ebpfcni-agent cluster`: what the agent sees of the Kubernetes cluster, from
 //! the same watches (src/kube/): its health, the NodeList its peers come
 //! from, or the objects its NetworkPolicy compiler reads. `--follow`
 //! prints again at every change.

@@ -1,10 +1,13 @@
 //! The operator's CLI: `ebpfcni maps dump …`, `policy …`, `monitor`,
 //! `version`. Human tables by default, `--json` for scripts.
 
+pub mod agent;
 mod bench;
 mod cluster;
 mod conflist;
+mod install;
 mod maps;
+mod metrics;
 mod monitor;
 mod node;
 mod pods;
@@ -50,8 +53,8 @@ enum Command {
     Status(status::StatusArgs),
     /// One line per pod: container, netns, addresses, veth, attachment, identity, counters.
     Pods(pods::PodsArgs),
-    /// What the agent sees of the Kubernetes cluster (health, nodes, policy objects).
-    Cluster(cluster::ClusterArgs),
+    /// Install this binary and the conflist on the node (the DaemonSet's init container).
+    Install(install::InstallArgs),
     /// Print the plugin version, the BPF program identity and CNI versions.
     Version,
     /// Validates a conflist and picks its CNI version (scripts/install.sh).
@@ -119,7 +122,11 @@ pub fn main() -> i32 {
         Command::Status(args) => status::run(&args),
         Command::Node { command } => node::run(command),
         Command::Pods(args) => pods::run(&args),
-        Command::Cluster(args) => cluster::run(&args),
+        Command::Install(args) => {
+            install::run(&args, &|_, _| {
+                anyhow::bail!("--node-name asks the API server: run `ebpfcni-agent install` (this binary links no Kubernetes client)")
+            })
+        }
         Command::BenchDatapath(args) => bench::run(&args),
         Command::Version => {
             println!(
@@ -131,10 +138,14 @@ pub fn main() -> i32 {
             Ok(())
         }
     };
+    exit_code("ebpfcni", outcome)
+}
+
+fn exit_code(me: &str, outcome: Result<()>) -> i32 {
     match outcome {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("ebpfcni: {e:#}");
+            eprintln!("{me}: {e:#}");
             1
         }
     }
