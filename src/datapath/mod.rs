@@ -20,9 +20,9 @@ pub use attach::{detach, AttachMode, Attached};
 pub use features::{missing_required, probe as probe_features, Feature};
 pub use maps::{
     event, proto_name, proto_number, Direction, EndpointEntry, EventLoss, IpcacheEntry, IpcacheKind, Maps, PodEntry,
-    PolicyEntry, Settings, StatsEntry, Verdict, ENDPOINT_F_TC, ENDPOINT_F_TCX, IDENTITY_ANY, IDENTITY_CIDR_MIN,
-    IDENTITY_HOST, IDENTITY_POD_MIN, IDENTITY_WORLD, ISOLATED_EGRESS, ISOLATED_INGRESS, SETTINGS_F_HAS_DENY,
-    SETTINGS_F_POLICY, SETTINGS_F_TRACE_FLOWS,
+    PolicyEntry, Settings, Verdict, ENDPOINT_F_TC, ENDPOINT_F_TCX, IDENTITY_ANY, IDENTITY_CIDR_MIN, IDENTITY_HOST,
+    IDENTITY_POD_MIN, IDENTITY_WORLD, ISOLATED_EGRESS, ISOLATED_INGRESS, SETTINGS_F_HAS_DENY, SETTINGS_F_POLICY,
+    SETTINGS_F_TRACE_FLOWS,
 };
 pub use pins::{bpffs_available, lock_dir, network_dir, pinned_programs, probe_load, Datapath};
 pub use query::{Hook, NetworkPrograms};

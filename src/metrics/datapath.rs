@@ -45,10 +45,15 @@ struct Network {
     generation: u64,
 }
 
+/// The sum of one counter over every pod.
+fn total<T>(entries: &[T], f: &dyn Fn(&T) -> u64) -> u64 {
+    entries.iter().map(f).sum()
+}
+
 fn read(dir: &Path, name: &str) -> anyhow::Result<Option<Network>> {
     let Some(maps) = Maps::open_if_pinned(dir)? else { return Ok(None) };
     let stats = maps.stats()?;
-    let sum = |f: fn(&crate::datapath::StatsEntry) -> u64| stats.iter().map(f).sum::<u64>();
+    let sum = |f: &dyn Fn(&_) -> u64| total(&stats, f);
     let lost = maps.events_lost()?;
     let settings = maps.settings()?;
     let active = settings.active_set as u8;
@@ -74,15 +79,15 @@ fn read(dir: &Path, name: &str) -> anyhow::Result<Option<Network>> {
     }
     Ok(Some(Network {
         name: name.to_string(),
-        sent_packets: sum(|s| s.packets),
-        sent_bytes: sum(|s| s.bytes),
-        redirected: sum(|s| s.redirected),
-        passed: sum(|s| s.passed),
+        sent_packets: sum(&|s| s.packets),
+        sent_bytes: sum(&|s| s.bytes),
+        redirected: sum(&|s| s.redirected),
+        passed: sum(&|s| s.passed),
         drops: [
-            ("policy", sum(|s| s.drop_policy)),
-            ("spoofed", sum(|s| s.drop_spoofed)),
-            ("no_endpoint", sum(|s| s.drop_no_endpoint)),
-            ("parse", sum(|s| s.drop_parse)),
+            ("policy", sum(&|s| s.drop_policy)),
+            ("spoofed", sum(&|s| s.drop_spoofed)),
+            ("no_endpoint", sum(&|s| s.drop_no_endpoint)),
+            ("parse", sum(&|s| s.drop_parse)),
         ],
         events_lost: [("ring_full", lost.ring_full), ("rate_limited", lost.rate_limited)],
         pods: maps.pods()?.len() as u64,
