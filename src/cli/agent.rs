@@ -4,7 +4,7 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use super::{cluster, install, metrics};
+use super::{cluster, install, metrics, run};
 
 #[derive(Parser)]
 #[command(name = "ebpfcni-agent", version, about = "ebpfcni's node agent side: Kubernetes watches, metrics, install")]
@@ -15,6 +15,9 @@ struct AgentCli {
 
 #[derive(Subcommand)]
 enum AgentCommand {
+    /// Watch the cluster and keep its NetworkPolicies in force on every
+    /// pinned network; serve the metrics; keep a node-list file current.
+    Run(run::RunArgs),
     /// What the agent sees of the Kubernetes cluster (health, nodes, policy objects).
     Cluster(cluster::ClusterArgs),
     /// Serve (or print) the datapath's Prometheus metrics.
@@ -29,6 +32,7 @@ enum AgentCommand {
 pub fn main() -> i32 {
     let cli = AgentCli::parse();
     let outcome: Result<()> = match cli.command {
+        AgentCommand::Run(args) => run::run(&args),
         AgentCommand::Cluster(args) => cluster::run(&args),
         AgentCommand::Metrics(args) => metrics::run(&args),
         AgentCommand::Install(args) => install::run(&args, &crate::kube::node_pod_cidrs),

@@ -13,6 +13,7 @@ mod node;
 mod pods;
 mod podview;
 mod policy;
+mod run;
 mod status;
 
 use std::path::PathBuf;
