@@ -138,3 +138,57 @@ fn policies_follow_the_cluster_and_stay_when_it_is_gone() {
     assert!(sample(&m, "ebpfcni_reconciles_total").unwrap() >= 5.0, "{m}");
     assert_eq!(sample(&m, "ebpfcni_reconcile_errors_total"), Some(0.0), "{m}");
 }
+
+/// Waits until TCP a -> b:port is `open`; panics after `within`.
+fn until_tcp(a: &Pod, b: &Pod, port: u16, open: bool, within: Duration, what: &str) {
+    let addr = std::net::SocketAddr::new(b.ip(4), port);
+    let t0 = Instant::now();
+    while tcp_reachable(Some(b), Some(a), addr) != open {
+        assert!(
+            t0.elapsed() < within,
+            "{what}: port {port} not {} within {within:?}",
+            if open { "open" } else { "closed" }
+        );
+    }
+}
+
+#[test]
+fn named_ports_follow_the_containers() {
+    if !privileged() {
+        return;
+    }
+    let mut net = TestNet::new("k17-ports", 242, json!({}));
+    let a = net.add_pod("k17a");
+    let b = net.add_pod("k17b");
+    let (ip_a, ip_b) = (a.ip(4).to_string(), b.ip(4).to_string());
+    let api = FakeApi::start();
+    api.apply(fakeapi::node("k17-node", &["10.251.242.0/24"], "192.0.2.42"));
+    api.apply(fakeapi::namespace("k17", json!({})));
+    api.apply(fakeapi::pod("k17", "a", json!({"app": "a"}), &ip_a, "k17-node", &[]));
+    api.apply(fakeapi::pod("k17", "b", json!({"app": "b"}), &ip_b, "k17-node", &[("web", "TCP", 7070)]));
+    // b takes TCP from a on its port named "web", nothing else.
+    api.apply(fakeapi::network_policy(
+        "k17",
+        "k17-web",
+        json!({"podSelector": {"matchLabels": {"app": "b"}}, "policyTypes": ["Ingress"],
+               "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "a"}}}],
+                            "ports": [{"protocol": "TCP", "port": "web"}]}]}),
+    ));
+    let kc = api.kubeconfig(&net.data_dir.join("k17-kube"));
+    let child = Command::new(AGENT_BIN)
+        .args(["run", "--metrics-address", "127.0.0.1:0", "--kubeconfig"])
+        .arg(&kc)
+        .args(["--network", &net.name, "--pin-path"])
+        .arg(&net.pin_path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _agent = Agent(child);
+    until_tcp(&a, &b, 7071, false, Duration::from_secs(20), "isolated by the policy");
+    until_tcp(&a, &b, 7070, true, Duration::from_secs(2), "the named port");
+    // The container's port named "web" moves to 7071: the rule follows.
+    api.apply(fakeapi::pod("k17", "b", json!({"app": "b"}), &ip_b, "k17-node", &[("web", "TCP", 7071)]));
+    until_tcp(&a, &b, 7071, true, Duration::from_secs(3), "the port's new number");
+    until_tcp(&a, &b, 7070, false, Duration::from_secs(3), "the port's old number");
+}
