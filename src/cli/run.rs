@@ -34,6 +34,9 @@ pub struct RunArgs {
     /// Keep this NodeList file current (what the agent's peer source reads).
     #[arg(long)]
     node_list: Option<PathBuf>,
+    /// Where to report health for `ebpfcni status` (rewritten every second).
+    #[arg(long, default_value = super::status::AGENT_STATE_FILE)]
+    state_file: PathBuf,
     /// Sync again after this many seconds even without a change.
     #[arg(long, default_value_t = 60)]
     resync: u64,
@@ -89,6 +92,33 @@ fn reconcile(args: &RunArgs, snapshot: &Snapshot, nets: &[(String, PathBuf)]) ->
     ok
 }
 
+/// The last pass, for the state file.
+#[derive(Default)]
+struct Passes {
+    last: Option<(bool, Duration, std::time::SystemTime)>,
+    errors: u64,
+}
+
+fn write_state(path: &Path, watch: &ClusterWatch, passes: &Passes) -> Result<()> {
+    let unix =
+        |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+    let state = serde_json::json!({
+        "updated": unix(std::time::SystemTime::now()),
+        "pid": std::process::id(),
+        "kubernetes": watch.health().to_json(),
+        "last_reconcile": passes.last.map(|(ok, took, at)| serde_json::json!({
+            "ok": ok, "duration_ms": took.as_millis() as u64, "at": unix(at), "errors": passes.errors,
+        })),
+    });
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, state.to_string())?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
 pub fn run(args: &RunArgs) -> Result<()> {
     let watch = Arc::new(ClusterWatch::start(args.kubeconfig.as_deref())?);
     let m = Arc::new(Metrics::new(&args.target.pin_path));
@@ -103,9 +133,14 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let mut synced_nets: BTreeSet<String> = BTreeSet::new();
     let mut last = Instant::now();
     let mut failed = false;
+    let mut passes = Passes::default();
     loop {
-        let seen = synced_gen.unwrap_or(u64::MAX);
+        // Until the first pass, wait for any change (or a second).
+        let seen = synced_gen.unwrap_or_else(|| watch.generation());
         watch.wait_change(seen, Duration::from_secs(1));
+        if let Err(e) = write_state(&args.state_file, &watch, &passes) {
+            eprintln!("ebpfcni-agent: write {}: {e:#}", args.state_file.display());
+        }
         if !watch.health().synced {
             continue; // nothing complete to act on yet: what is in force stays
         }
@@ -119,6 +154,8 @@ pub fn run(args: &RunArgs) -> Result<()> {
         let started = Instant::now();
         let ok = reconcile(args, &snapshot, &nets);
         m.agent().reconciled(started.elapsed(), ok);
+        passes.last = Some((ok, started.elapsed(), std::time::SystemTime::now()));
+        passes.errors += u64::from(!ok);
         m.agent().set_peers(snapshot.nodes.len().saturating_sub(1));
         failed = !ok;
         synced_gen = Some(snapshot.generation);

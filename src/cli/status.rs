@@ -12,6 +12,9 @@ use serde_json::{json, Value};
 use crate::cni::config::DEFAULT_PIN_PATH;
 use crate::datapath::{self, Hook, Maps, NetworkPrograms};
 
+/// Where `ebpfcni-agent run` reports itself (tmpfs: gone at reboot).
+pub const AGENT_STATE_FILE: &str = "/run/ebpfcni/agent.json";
+
 #[derive(Args)]
 pub struct StatusArgs {
     /// Only this network (the config's "name").
@@ -22,6 +25,17 @@ pub struct StatusArgs {
     pin_path: PathBuf,
     #[arg(long)]
     json: bool,
+    /// The agent's state file (`ebpfcni-agent run --state-file`).
+    #[arg(long, default_value = AGENT_STATE_FILE)]
+    agent_state: PathBuf,
+}
+
+/// What the agent last reported, and how long ago (None: no agent).
+fn agent_state(path: &Path) -> Option<Value> {
+    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok()?.as_secs_f64();
+    v["age_seconds"] = json!((now - v["updated"].as_f64().unwrap_or(0.0)).max(0.0).round());
+    Some(v)
 }
 
 fn network_status(dir: &Path, name: &str) -> Result<Value> {
@@ -93,6 +107,7 @@ pub fn run(args: &StatusArgs) -> Result<()> {
         "bpffs": bpffs,
         "pin_path": args.pin_path,
         "networks": networks,
+        "agent": agent_state(&args.agent_state),
     });
     if args.json {
         println!("{}", serde_json::to_string_pretty(&node)?);
@@ -132,6 +147,7 @@ fn print_table(node: &Value, features: &[datapath::Feature], pin_path: &Path) {
         println!("  {:<18} {:<14} {}", f.name, mark, f.role);
     }
     println!("bpffs at {}: {}", pin_path.display(), yes(&node["bpffs"]));
+    print_agent(&node["agent"]);
     if networks.is_empty() {
         println!("no network pinned (no pod added yet)");
     }
@@ -176,5 +192,38 @@ fn print_table(node: &Value, features: &[datapath::Feature], pin_path: &Path) {
         for e in p["errors"].as_array().into_iter().flatten() {
             println!("  policy error: {}", e.as_str().unwrap_or(""));
         }
+    }
+}
+
+/// The agent's line: whether it follows the API server, since when not.
+fn print_agent(agent: &Value) {
+    if agent.is_null() {
+        println!("agent: no report (ebpfcni-agent run is not running here)");
+        return;
+    }
+    let age = agent["age_seconds"].as_f64().unwrap_or(0.0);
+    let stale = if age > 30.0 { format!(" (last report {age} s ago: is it still running?)") } else { String::new() };
+    let k = &agent["kubernetes"];
+    let api = match k["unreachable_since"].as_f64() {
+        None => "answering".to_string(),
+        Some(t) => {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64());
+            let for_ = now.map(|n| (n - t).max(0.0).round()).unwrap_or(0.0);
+            format!(
+                "UNREACHABLE for {for_} s (since Unix time {t:.0}; the last known state stays in force): {}",
+                k["last_error"].as_str().unwrap_or("")
+            )
+        }
+    };
+    let synced = if k["synced"] == true { "synced" } else { "NOT synced yet" };
+    println!("agent: kubernetes {synced}, API server {api}{stale}");
+    let r = &agent["last_reconcile"];
+    if !r.is_null() {
+        println!(
+            "  last reconcile: {} ({} ms), {} errors so far",
+            if r["ok"] == true { "ok" } else { "FAILED" },
+            r["duration_ms"],
+            r["errors"]
+        );
     }
 }
