@@ -74,16 +74,16 @@ fn policies_follow_the_cluster_and_stay_when_it_is_gone() {
     api.apply(fakeapi::pod("k17", "b", json!({"app": "b"}), &ip_b.to_string(), "k17-node", &[]));
     let kc = api.kubeconfig(&net.data_dir.join("k17-kube"));
     let node_list = net.data_dir.join("k17-kube").join("nodes.json");
-    let state = net.data_dir.join("k17-kube").join("agent.json");
+    let state = net.data_dir.join("k17-kube").join("kubernetes.json");
     let status = || {
         let out = Command::new(BIN)
             .args(["status", "--json", "--pin-path"])
             .arg(&net.pin_path)
-            .arg("--agent-state")
+            .arg("--kubernetes-state")
             .arg(&state)
             .output()
             .unwrap();
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["agent"].clone()
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["kubernetes"].clone()
     };
 
     let mut child = Command::new(AGENT_BIN)
@@ -144,7 +144,7 @@ fn policies_follow_the_cluster_and_stay_when_it_is_gone() {
     let table = Command::new(BIN)
         .args(["status", "--pin-path"])
         .arg(&net.pin_path)
-        .arg("--agent-state")
+        .arg("--kubernetes-state")
         .arg(&state)
         .output()
         .unwrap();
@@ -274,7 +274,7 @@ fn named_ports_follow_the_containers() {
         .args(["run", "--metrics-address", "127.0.0.1:0", "--kubeconfig"])
         .arg(&kc)
         .arg("--state-file")
-        .arg(net.data_dir.join("k17-kube").join("agent.json"))
+        .arg(net.data_dir.join("k17-kube").join("kubernetes.json"))
         .args(["--network", &net.name, "--pin-path"])
         .arg(&net.pin_path)
         .stdout(Stdio::null())

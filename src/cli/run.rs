@@ -35,7 +35,7 @@ pub struct RunArgs {
     #[arg(long)]
     node_list: Option<PathBuf>,
     /// Where to report health for `ebpfcni status` (rewritten every second).
-    #[arg(long, default_value = super::status::AGENT_STATE_FILE)]
+    #[arg(long, default_value = super::status::KUBERNETES_STATE_FILE)]
     state_file: PathBuf,
     /// Sync again after this many seconds even without a change.
     #[arg(long, default_value_t = 60)]

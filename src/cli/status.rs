@@ -12,8 +12,9 @@ use serde_json::{json, Value};
 use crate::cni::config::DEFAULT_PIN_PATH;
 use crate::datapath::{self, Hook, Maps, NetworkPrograms};
 
-/// Where `ebpfcni-agent run` reports itself (tmpfs: gone at reboot).
-pub const AGENT_STATE_FILE: &str = "/run/ebpfcni/agent.json";
+/// Where `ebpfcni-agent run` reports its Kubernetes watches (tmpfs: gone
+/// at reboot; beside the node agent's own `<network>/agent.json`).
+pub const KUBERNETES_STATE_FILE: &str = "/run/ebpfcni/kubernetes.json";
 
 #[derive(Args)]
 pub struct StatusArgs {
@@ -25,13 +26,13 @@ pub struct StatusArgs {
     pin_path: PathBuf,
     #[arg(long)]
     json: bool,
-    /// The agent's state file (`ebpfcni-agent run --state-file`).
-    #[arg(long, default_value = AGENT_STATE_FILE)]
-    agent_state: PathBuf,
+    /// The Kubernetes watches' state file (`ebpfcni-agent run --state-file`).
+    #[arg(long, default_value = KUBERNETES_STATE_FILE)]
+    kubernetes_state: PathBuf,
 }
 
-/// What the agent last reported, and how long ago (None: no agent).
-fn agent_state(path: &Path) -> Option<Value> {
+/// What `ebpfcni-agent run` last reported, and how long ago (None: not running).
+fn kubernetes_state(path: &Path) -> Option<Value> {
     let mut v: Value = serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok()?.as_secs_f64();
     v["age_seconds"] = json!((now - v["updated"].as_f64().unwrap_or(0.0)).max(0.0).round());
@@ -107,7 +108,7 @@ pub fn run(args: &StatusArgs) -> Result<()> {
         "bpffs": bpffs,
         "pin_path": args.pin_path,
         "networks": networks,
-        "agent": agent_state(&args.agent_state),
+        "kubernetes": kubernetes_state(&args.kubernetes_state),
     });
     if args.json {
         println!("{}", serde_json::to_string_pretty(&node)?);
@@ -147,7 +148,7 @@ fn print_table(node: &Value, features: &[datapath::Feature], pin_path: &Path) {
         println!("  {:<18} {:<14} {}", f.name, mark, f.role);
     }
     println!("bpffs at {}: {}", pin_path.display(), yes(&node["bpffs"]));
-    print_agent(&node["agent"]);
+    print_kubernetes(&node["kubernetes"]);
     if networks.is_empty() {
         println!("no network pinned (no pod added yet)");
     }
@@ -195,10 +196,10 @@ fn print_table(node: &Value, features: &[datapath::Feature], pin_path: &Path) {
     }
 }
 
-/// The agent's line: whether it follows the API server, since when not.
-fn print_agent(agent: &Value) {
+/// The Kubernetes line: whether the watches follow the API server, since when not.
+fn print_kubernetes(agent: &Value) {
     if agent.is_null() {
-        println!("agent: no report (ebpfcni-agent run is not running here)");
+        println!("kubernetes: no report (ebpfcni-agent run is not running here)");
         return;
     }
     let age = agent["age_seconds"].as_f64().unwrap_or(0.0);
@@ -216,7 +217,7 @@ fn print_agent(agent: &Value) {
         }
     };
     let synced = if k["synced"] == true { "synced" } else { "NOT synced yet" };
-    println!("agent: kubernetes {synced}, API server {api}{stale}");
+    println!("kubernetes: watches {synced}, API server {api}{stale}");
     let r = &agent["last_reconcile"];
     if !r.is_null() {
         println!(
