@@ -14,8 +14,8 @@ if [[ $(id -u) -ne 0 ]]; then exec sudo -E "$0" "$@"; fi
 N="${1:-50}"
 
 scripts/deps.sh
-cargo build --release --quiet
-BIN="$PWD/target/release/ebpfcni"
+[[ -n ${EBPFCNI_BIN:-} ]] || cargo build --release --quiet
+BIN="${EBPFCNI_BIN:-$PWD/target/release/ebpfcni}"
 REF_DIR=/usr/lib/cni
 [[ -x $REF_DIR/bridge && -x $REF_DIR/host-local ]] || { echo "reference plugins missing in $REF_DIR" >&2; exit 1; }
 

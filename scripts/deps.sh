@@ -8,11 +8,15 @@
 #   kernel matrix (tests/kernels.rs): qemu-system-x86, busybox-static, cpio,
 #               xz-utils, zstd, debian-archive-keyring (Debian's cloud kernels
 #               are fetched by tests/kernel/fetch.sh with a private apt state)
+#   image (tests/deploy.rs): podman, runc (this sandbox's cgroups defeat crun)
+#   manifests (tests/deploy.rs): kubernetes-validate from PyPI (Kubernetes'
+#               own schemas, shipped in the package; PyYAML comes with it)
 set -euo pipefail
 
 PACKAGES=(clang llvm make gcc pkg-config libelf-dev zlib1g-dev
           iproute2 iputils-ping bpftool containernetworking-plugins iptables nftables python3-scapy
-          qemu-system-x86 busybox-static cpio xz-utils zstd debian-archive-keyring)
+          qemu-system-x86 busybox-static cpio xz-utils zstd debian-archive-keyring
+          podman runc)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -24,5 +28,10 @@ if ((${#missing[@]})); then
     [[ $(id -u) -eq 0 ]] || SUDO="sudo"
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+if ! command -v kubernetes-validate >/dev/null; then
+    echo "deps: installing kubernetes-validate (PyPI)" >&2
+    python3 -m pip install -q kubernetes-validate 2>/dev/null \
+        || python3 -m pip install -q --break-system-packages kubernetes-validate
 fi
 command -v cargo >/dev/null || { echo "deps: cargo not found: install Rust (rustup)" >&2; exit 1; }

@@ -1,42 +1,45 @@
-//! `ebpfcni agent`: the node daemon (see src/agent/).
+//! `ebpfcni-agent`'s command line: the commands that need the Kubernetes
+//! client or the metrics endpoint, kept out of the plugin's binary.
 
-use std::path::PathBuf;
-use std::time::Duration;
+use anyhow::Result;
+use clap::{Parser, Subcommand};
 
-use anyhow::{Context, Result};
-use clap::Args;
+use super::{cluster, install, metrics, run};
 
-use crate::agent::{self, FileSource, Options};
-
-#[derive(Args)]
-pub struct AgentArgs {
-    /// This node's name (metadata.name in the peers file); default: the hostname.
-    #[arg(long)]
-    node_name: Option<String>,
-    /// The cluster's nodes, as `kubectl get nodes -o json` prints them; re-read when it changes.
-    #[arg(long)]
-    peers: PathBuf,
-    /// The CNI config to complete (conflist or config; subnet and mtu may be left out).
-    #[arg(long, default_value = "/etc/ebpfcni/cni-template.conflist")]
-    template: PathBuf,
-    /// Where the completed CNI config is written once the node is ready.
-    #[arg(long, default_value = "/etc/cni/net.d/10-ebpfcni.conflist")]
-    cni_conf: PathBuf,
-    /// Seconds between full reconciles when nothing changed.
-    #[arg(long, default_value_t = 10)]
-    interval: u64,
+#[derive(Parser)]
+#[command(name = "ebpfcni-agent", version, about = "ebpfcni's node agent side: Kubernetes watches, metrics, install")]
+struct AgentCli {
+    #[command(subcommand)]
+    command: AgentCommand,
 }
 
-pub fn run(args: &AgentArgs) -> Result<()> {
-    let node = match &args.node_name {
-        Some(n) => n.clone(),
-        None => std::fs::read_to_string("/proc/sys/kernel/hostname").context("read the hostname")?.trim().to_string(),
+#[derive(Subcommand)]
+enum AgentCommand {
+    /// Watch the cluster and keep its NetworkPolicies in force on every
+    /// pinned network; serve the metrics; keep a node-list file current.
+    Run(run::RunArgs),
+    /// What the agent sees of the Kubernetes cluster (health, nodes, policy objects).
+    Cluster(cluster::ClusterArgs),
+    /// Serve (or print) the datapath's Prometheus metrics.
+    Metrics(metrics::MetricsArgs),
+    /// Install the plugin binary and the conflist (the DaemonSet's init
+    /// container); --node-name takes the ranges from the Node.
+    Install(install::InstallArgs),
+    /// Print the version.
+    Version,
+}
+
+pub fn main() -> i32 {
+    let cli = AgentCli::parse();
+    let outcome: Result<()> = match cli.command {
+        AgentCommand::Run(args) => run::run(&args),
+        AgentCommand::Cluster(args) => cluster::run(&args),
+        AgentCommand::Metrics(args) => metrics::run(&args),
+        AgentCommand::Install(args) => install::run(&args, &crate::kube::node_pod_cidrs),
+        AgentCommand::Version => {
+            println!("ebpfcni-agent {} (bpf program {})", env!("CARGO_PKG_VERSION"), crate::datapath::BPF_ID);
+            Ok(())
+        }
     };
-    let template: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(&args.template).with_context(|| format!("read {}", args.template.display()))?,
-    )
-    .with_context(|| format!("parse {}", args.template.display()))?;
-    let network = template["name"].as_str().context("the template has no name")?.to_string();
-    let opts = Options { node, template: args.template.clone(), cni_conf: args.cni_conf.clone() };
-    agent::run(opts, Box::new(FileSource::new(args.peers.clone())), network, Duration::from_secs(args.interval.max(1)))
+    super::exit_code("ebpfcni-agent", outcome)
 }

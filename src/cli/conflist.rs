@@ -82,7 +82,7 @@ fn supported_by(bin: &Path) -> Result<Vec<String>> {
     Ok(v["supportedVersions"].as_array().into_iter().flatten().filter_map(Value::as_str).map(String::from).collect())
 }
 
-fn check(file: &Path, cni_path: &str, out: &Path) -> Result<()> {
+pub(super) fn check(file: &Path, cni_path: &str, out: &Path) -> Result<()> {
     let (mut v, at) = read(file)?;
     let asked = v["cniVersion"].as_str().unwrap_or(version::LATEST).to_string();
     let mut common: Vec<String> =

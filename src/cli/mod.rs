@@ -1,17 +1,22 @@
 //! The operator's CLI: `ebpfcni maps dump …`, `policy …`, `monitor`,
 //! `version`. Human tables by default, `--json` for scripts.
 
-mod agent;
+pub mod agent;
 mod bench;
 mod bench_net;
+mod cluster;
 mod conflist;
+mod install;
 mod maps;
+mod metrics;
 mod monitor;
 mod node;
+mod node_agent;
 mod pods;
 mod podview;
 mod policy;
 mod repair;
+mod run;
 mod status;
 
 use std::path::PathBuf;
@@ -32,7 +37,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// The node daemon: peers from a NodeList file to routes or the tunnel map, node rules, the CNI config.
-    Agent(agent::AgentArgs),
+    Agent(node_agent::AgentArgs),
     /// Inspect the pinned BPF maps.
     Maps {
         #[command(subcommand)]
@@ -57,6 +62,8 @@ enum Command {
     /// Rebuild lost or outdated maps and attachments of running pods from
     /// the lease store and the node's links (after bpffs was remounted or wiped).
     Repair(repair::RepairArgs),
+    /// Install this binary and the conflist on the node (the DaemonSet's init container).
+    Install(install::InstallArgs),
     /// Print the plugin version, the BPF program identity and CNI versions.
     Version,
     /// Validates a conflist and picks its CNI version (scripts/install.sh).
@@ -119,7 +126,7 @@ impl Target {
 pub fn main() -> i32 {
     let cli = Cli::parse();
     let outcome = match cli.command {
-        Command::Agent(args) => agent::run(&args),
+        Command::Agent(args) => node_agent::run(&args),
         Command::Maps { command } => maps::run(command),
         Command::Policy { command } => policy::run(command),
         Command::Monitor(args) => monitor::run(&args),
@@ -129,6 +136,11 @@ pub fn main() -> i32 {
         Command::Node { command } => node::run(command),
         Command::Pods(args) => pods::run(&args),
         Command::Repair(args) => repair::run(&args),
+        Command::Install(args) => {
+            install::run(&args, &|_, _| {
+                anyhow::bail!("--node-name asks the API server: run `ebpfcni-agent install` (this binary links no Kubernetes client)")
+            })
+        }
         Command::BenchDatapath(args) => bench::run(&args),
         Command::BenchNet(cmd) => bench_net::run(&cmd),
         Command::Version => {
@@ -141,10 +153,14 @@ pub fn main() -> i32 {
             Ok(())
         }
     };
+    exit_code("ebpfcni", outcome)
+}
+
+fn exit_code(me: &str, outcome: Result<()>) -> i32 {
     match outcome {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("ebpfcni: {e:#}");
+            eprintln!("{me}: {e:#}");
             1
         }
     }

@@ -1,7 +1,6 @@
 //! `ebpfcni policy allow|deny|delete|list|sync`.
 
 use std::io::Read;
-use std::net::IpAddr;
 use std::path::PathBuf;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -109,58 +108,23 @@ pub fn run(cmd: PolicyCommand) -> Result<()> {
             }
             let input: serde_json::Value = serde_json::from_str(&text).context("parse Kubernetes objects")?;
             let (dir, maps) = target.open()?;
-            let _lock = lock_dir(&dir)?;
-            let mut compiled = policy::k8s::compile(&input, &policy::current(&maps)?, &node_addresses())?;
-            policy::link_locals_follow_pods(&maps, &mut compiled.set)?;
-            let new = &compiled.set;
-            policy::apply(&maps, new)?;
-            policy::report::save(&dir, &compiled.errors)?;
-            let book = RuleBook::open(&dir)?;
-            book.clear()?;
-            for (rule, name) in &new.names {
-                book.put(*rule, &serde_json::json!({ "name": name, "src": "-", "dst": "-" }).to_string())?;
-            }
+            let synced = policy::sync_objects(&dir, &maps, &input, false)?;
             println!(
                 "synced: {} addresses, {} prefixes, {} isolated, {} entries",
-                new.endpoints.len(),
-                new.cidrs.len(),
-                new.isolation.len(),
-                new.entries.len()
+                synced.endpoints, synced.prefixes, synced.isolated, synced.entries
             );
-            if !compiled.errors.is_empty() {
-                for e in &compiled.errors {
+            if !synced.errors.is_empty() {
+                for e in &synced.errors {
                     eprintln!("error: {e}");
                 }
                 bail!(
                     "{} NetworkPolicy problem(s): every other policy is applied; the pods of a broken one stay isolated",
-                    compiled.errors.len()
+                    synced.errors.len()
                 );
             }
             Ok(())
         }
     }
-}
-
-/// This node's own addresses (its pods reach it and it them whatever the
-/// NetworkPolicies): every address of the host's interfaces but loopback
-/// and IPv6 link-local ones.
-fn node_addresses() -> Vec<IpAddr> {
-    let mut out: Vec<IpAddr> = nix::ifaddrs::getifaddrs()
-        .into_iter()
-        .flatten()
-        .filter_map(|a| {
-            let addr = a.address?;
-            if let Some(v4) = addr.as_sockaddr_in() {
-                Some(IpAddr::V4(v4.ip()))
-            } else {
-                addr.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()))
-            }
-        })
-        .filter(|ip| !ip.is_loopback() && !matches!(ip, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80))
-        .collect();
-    out.sort();
-    out.dedup();
-    out
 }
 
 fn add(args: &RuleArgs, deny: bool) -> Result<()> {

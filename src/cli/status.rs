@@ -12,6 +12,10 @@ use serde_json::{json, Value};
 use crate::cni::config::DEFAULT_PIN_PATH;
 use crate::datapath::{self, Hook, Maps, NetworkPrograms};
 
+/// Where `ebpfcni-agent run` reports its Kubernetes watches (tmpfs: gone
+/// at reboot; beside the node agent's own `<network>/agent.json`).
+pub const KUBERNETES_STATE_FILE: &str = "/run/ebpfcni/kubernetes.json";
+
 #[derive(Args)]
 pub struct StatusArgs {
     /// Only this network (the config's "name").
@@ -22,6 +26,17 @@ pub struct StatusArgs {
     pin_path: PathBuf,
     #[arg(long)]
     json: bool,
+    /// The Kubernetes watches' state file (`ebpfcni-agent run --state-file`).
+    #[arg(long, default_value = KUBERNETES_STATE_FILE)]
+    kubernetes_state: PathBuf,
+}
+
+/// What `ebpfcni-agent run` last reported, and how long ago (None: not running).
+fn kubernetes_state(path: &Path) -> Option<Value> {
+    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok()?.as_secs_f64();
+    v["age_seconds"] = json!((now - v["updated"].as_f64().unwrap_or(0.0)).max(0.0).round());
+    Some(v)
 }
 
 fn network_status(dir: &Path, name: &str) -> Result<Value> {
@@ -119,6 +134,7 @@ pub fn run(args: &StatusArgs) -> Result<()> {
         "bpffs": bpffs,
         "pin_path": args.pin_path,
         "networks": networks,
+        "kubernetes": kubernetes_state(&args.kubernetes_state),
     });
     if args.json {
         println!("{}", serde_json::to_string_pretty(&node)?);
@@ -158,6 +174,7 @@ fn print_table(node: &Value, features: &[datapath::Feature], pin_path: &Path) {
         println!("  {:<18} {:<14} {}", f.name, mark, f.role);
     }
     println!("bpffs at {}: {}", pin_path.display(), yes(&node["bpffs"]));
+    print_kubernetes(&node["kubernetes"]);
     if networks.is_empty() {
         println!("no network pinned (no pod added yet)");
     }
@@ -239,5 +256,38 @@ fn print_table(node: &Value, features: &[datapath::Feature], pin_path: &Path) {
         for e in p["errors"].as_array().into_iter().flatten() {
             println!("  policy error: {}", e.as_str().unwrap_or(""));
         }
+    }
+}
+
+/// The Kubernetes line: whether the watches follow the API server, since when not.
+fn print_kubernetes(agent: &Value) {
+    if agent.is_null() {
+        println!("kubernetes: no report (ebpfcni-agent run is not running here)");
+        return;
+    }
+    let age = agent["age_seconds"].as_f64().unwrap_or(0.0);
+    let stale = if age > 30.0 { format!(" (last report {age} s ago: is it still running?)") } else { String::new() };
+    let k = &agent["kubernetes"];
+    let api = match k["unreachable_since"].as_f64() {
+        None => "answering".to_string(),
+        Some(t) => {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64());
+            let for_ = now.map(|n| (n - t).max(0.0).round()).unwrap_or(0.0);
+            format!(
+                "UNREACHABLE for {for_} s (since Unix time {t:.0}; the last known state stays in force): {}",
+                k["last_error"].as_str().unwrap_or("")
+            )
+        }
+    };
+    let synced = if k["synced"] == true { "synced" } else { "NOT synced yet" };
+    println!("kubernetes: watches {synced}, API server {api}{stale}");
+    let r = &agent["last_reconcile"];
+    if !r.is_null() {
+        println!(
+            "  last reconcile: {} ({} ms), {} errors so far",
+            if r["ok"] == true { "ok" } else { "FAILED" },
+            r["duration_ms"],
+            r["errors"]
+        );
     }
 }

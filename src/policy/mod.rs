@@ -9,6 +9,7 @@ pub mod k8s;
 mod manual;
 mod ports;
 pub mod report;
+mod sync;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -19,6 +20,7 @@ pub use apply::{
 };
 pub use manual::{add_rule, delete_rule, describe, list_rules, Rule};
 pub use ports::port_blocks;
+pub use sync::sync_objects;
 
 use crate::datapath::{Direction, PolicyEntry, Verdict};
 use crate::ipam::Cidr;

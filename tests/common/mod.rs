@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod fakeapi;
 pub mod frames;
 pub mod node;
 
@@ -20,6 +21,8 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_ebpfcni");
+/// The Kubernetes side (watches, metrics, install --node-name).
+pub const AGENT_BIN: &str = env!("CARGO_BIN_EXE_ebpfcni-agent");
 
 /// Runs a CNI plugin binary as a runtime does: `command` and the pod in
 /// the `CNI_*` environment (interface eth0, the reference plugins on

@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use anyhow::Result;
 use serde::Serialize;
 
+use super::typed::{Plain, TypedMap};
 use super::{key_to_ip, Maps};
 use crate::datapath::skel::types::{ct_key, ct_value};
 
@@ -84,6 +85,27 @@ impl Maps {
         let established = self.conntrack.entries()?.into_iter().map(|(k, v)| flow_entry(&k, v, true));
         let new = self.ct_new.entries()?.into_iter().map(|(k, v)| flow_entry(&k, v.ct, false));
         Ok(sorted(established.chain(new).collect()))
+    }
+
+    /// (map, entries, max entries) of every hash-like map: what a full map
+    /// would refuse next.
+    pub fn fill(&self) -> Result<Vec<(&'static str, usize, u32)>> {
+        fn one<K: Plain, V: Plain>(name: &'static str, m: &TypedMap<K, V>) -> Result<(&'static str, usize, u32)> {
+            Ok((name, m.len()?, m.max_entries()?))
+        }
+        Ok(vec![
+            one("endpoints", &self.endpoints)?,
+            one("pods", &self.pods)?,
+            one("stats", &self.stats)?,
+            one("ipcache", &self.ipcache)?,
+            one("iprules", &self.iprules)?,
+            one("identity_flags", &self.identity_flags)?,
+            one("conntrack", &self.conntrack)?,
+            one("ct_new", &self.ct_new)?,
+            one("frags", &self.frags)?,
+            one("hostflows", &self.hostflows)?,
+            one("event_limit", &self.event_limit)?,
+        ])
     }
 
     /// Entries in the two conntrack tables against their sizes.

@@ -1,0 +1,79 @@
+//! `ebpfcni-agent metrics`: a policy drop a test causes with real packets is
+//! counted at the Prometheus endpoint, under its network and reason.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Child, Command, Stdio};
+
+use common::*;
+use serde_json::json;
+
+/// The metrics server, stopped however the test ends.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn scrape(addr: &str) -> String {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    out
+}
+
+/// The value of the sample `name{labels}` (labels in the order written).
+fn sample(text: &str, name: &str, labels: &str) -> Option<f64> {
+    let key = format!("{name}{{{labels}}} ");
+    text.lines().find_map(|l| l.strip_prefix(&key)).and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn policy_drop_is_counted_at_the_endpoint() {
+    if !privileged() {
+        return;
+    }
+    let mut net = TestNet::new("k17-metrics", 240, json!({}));
+    let a = net.add_pod("k17a");
+    let b = net.add_pod("k17b");
+    assert!(a.ping(b.ip(4), 1), "honest traffic must flow");
+
+    let mut child = Command::new(AGENT_BIN)
+        .args(["metrics", "--listen", "127.0.0.1:0", "--pin-path"])
+        .arg(&net.pin_path)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let server = Server(child);
+    let addr = line.trim().strip_prefix("serving metrics on http://").and_then(|s| s.strip_suffix("/metrics"));
+    let addr = addr.unwrap_or_else(|| panic!("no address in {line:?}")).to_string();
+
+    let network = format!("network=\"{}\"", net.name);
+    let before = scrape(&addr);
+    let drops = |t: &str| sample(t, "ebpfcni_drops_total", &format!("{network},reason=\"policy\""));
+    assert_eq!(drops(&before), Some(0.0), "{before}");
+    let sent_before = sample(&before, "ebpfcni_pod_sent_packets_total", &network).unwrap();
+    assert!(sent_before >= 1.0, "{before}");
+    assert_eq!(sample(&before, "ebpfcni_pods", &network), Some(2.0), "{before}");
+
+    // a -> b is denied: three pings, three policy drops.
+    ok(net.cli(&["policy", "deny", &a.ip(4).to_string(), &b.ip(4).to_string(), "--proto", "icmp"]));
+    for _ in 0..3 {
+        assert!(!a.ping(b.ip(4), 1), "the deny did not hold");
+    }
+    let after = scrape(&addr);
+    assert_eq!(drops(&after), Some(3.0), "{after}");
+    assert_eq!(sample(&after, "ebpfcni_policy_rules", &network), Some(1.0), "{after}");
+    assert!(sample(&after, "ebpfcni_map_entries", &format!("{network},map=\"endpoints\"")).unwrap() >= 2.0);
+    assert!(sample(&after, "ebpfcni_map_capacity", &format!("{network},map=\"conntrack\"")).unwrap() > 0.0);
+    assert!(after.contains("# TYPE ebpfcni_drops counter"), "{after}");
+    drop(server);
+}
