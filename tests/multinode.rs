@@ -299,3 +299,83 @@ fn native_default_deny_and_one_cross_node_rule() {
     let c = Cluster::new("mn-nad", 45, 3, "native", json!({"policy": {"defaultAction": "deny"}}));
     default_deny_and_one_cross_node_rule(&c);
 }
+
+/// IPv4 datagrams the node's stack forwarded (`Ip: ForwDatagrams`).
+fn forwarded(n: &common::cluster::ClusterNode) -> u64 {
+    let snmp = n.node.sh_ok("cat /proc/net/snmp");
+    let mut ip = snmp.lines().filter(|l| l.starts_with("Ip:"));
+    let (names, values) = (ip.next().unwrap(), ip.next().unwrap());
+    let at = names.split_whitespace().position(|f| f == "ForwDatagrams").unwrap();
+    values.split_whitespace().nth(at).unwrap().parse().unwrap()
+}
+
+/// The fast path: pod to pod across nodes crosses neither node's
+/// forwarding stack (from_pod sends it out, from_peer delivers it), both
+/// ways; a flow the sender's host translates (a Service's DNAT to a pod
+/// of another node) still takes the host's path both ways, so the host
+/// undoes the translation for its replies.
+fn fp_skips_the_hosts_stacks(c: &Cluster) {
+    let (a, b) = (&c.pods[0][0], &c.pods[1][0]);
+    let _servers = Servers::start(&[a, b]);
+    assert!(pings(a, b.ip(4)) || pings(a, b.ip(4)), "warm up");
+    let before = (forwarded(&c.nodes[0]), forwarded(&c.nodes[1]));
+    for _ in 0..5 {
+        assert!(pings(a, b.ip(4)), "ICMP a -> b");
+        assert!(pings(b, a.ip(4)), "ICMP b -> a");
+    }
+    assert_eq!(tcp_source(a, b.ip(4), Duration::from_secs(3)), Some(a.ip(4).to_string()));
+    assert_eq!(udp_source(b, a.ip(4), Duration::from_secs(1)), Some(b.ip(4).to_string()));
+    let after = (forwarded(&c.nodes[0]), forwarded(&c.nodes[1]));
+    assert_eq!(before, after, "{} forwarded by the nodes' stacks (node 1, node 2)", c.mode);
+
+    let service = "10.96.48.10";
+    c.nodes[0].node.sh_ok(&format!(
+        "nft add table ip fptest && nft add chain ip fptest pre '{{ type nat hook prerouting priority -100; }}' && \
+         nft add rule ip fptest pre ip daddr {service} dnat to {}",
+        b.ip(4)
+    ));
+    let svc: IpAddr = service.parse().unwrap();
+    assert_eq!(tcp_source(a, svc, Duration::from_secs(3)), Some(a.ip(4).to_string()), "TCP through the DNAT");
+    assert_eq!(udp_source(a, svc, Duration::from_secs(1)), Some(a.ip(4).to_string()), "UDP through the DNAT");
+    // Those took the host's path (the counter counts); the plain flow
+    // keeps its fast path.
+    let before = forwarded(&c.nodes[0]);
+    assert!(before >= 4, "the DNAT's flows were forwarded by node 1's stack: {before}");
+    assert_eq!(tcp_source(b, a.ip(4), Duration::from_secs(3)), Some(b.ip(4).to_string()));
+    assert_eq!(forwarded(&c.nodes[0]), before, "b -> a after the DNAT's flows");
+
+    // A DNAT on node 2 of an unused address of its own pod range to its
+    // pod b (not masqueraded: as a hostPort reached from a pod when the
+    // operator exempts node addresses): the replies go back through node
+    // 2's stack, which undoes it.
+    let IpAddr::V4(bv4) = b.ip(4) else { unreachable!() };
+    let o = bv4.octets();
+    let virt = std::net::Ipv4Addr::new(o[0], o[1], o[2], 250);
+    c.nodes[1].node.sh_ok(&format!(
+        "nft add table ip fptest && nft add chain ip fptest pre '{{ type nat hook prerouting priority -100; }}' && \
+         nft add rule ip fptest pre ip daddr {virt} dnat to {}",
+        b.ip(4)
+    ));
+    let virt = IpAddr::V4(virt);
+    assert_eq!(tcp_source(a, virt, Duration::from_secs(3)), Some(a.ip(4).to_string()), "TCP to node 2's DNAT");
+    assert_eq!(udp_source(a, virt, Duration::from_secs(1)), Some(a.ip(4).to_string()), "UDP to node 2's DNAT");
+    assert!(pings(a, b.ip(4)), "and the plain flow");
+}
+
+#[test]
+fn vxlan_fp_skips_the_hosts_stacks() {
+    if !privileged() {
+        return;
+    }
+    let c = Cluster::new("mn-vxfp", 48, 2, "vxlan", json!({}));
+    fp_skips_the_hosts_stacks(&c);
+}
+
+#[test]
+fn native_fp_skips_the_hosts_stacks() {
+    if !privileged() {
+        return;
+    }
+    let c = Cluster::new("mn-nafp", 51, 2, "native", json!({}));
+    fp_skips_the_hosts_stacks(&c);
+}

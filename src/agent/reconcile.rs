@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use super::state::PeerState;
 use super::view::{ClusterView, NodeInfo};
 use crate::cni::config::{NetConf, Routing};
-use crate::datapath::{self, Datapath, TunnelTarget, Tunnels};
+use crate::datapath::{self, Datapath, Fastpath, FastpathMap, TunnelTarget, Tunnels};
 use crate::ipam::Cidr;
 use crate::netlink::{Netlink, OwnedRoute};
 
@@ -54,10 +54,10 @@ fn plugin_entry(doc: &mut Value) -> Result<&mut Value> {
     }
 }
 
-fn underlay_link(nl: &Netlink, ip: IpAddr) -> Result<(u32, u32)> {
+fn underlay_link(nl: &Netlink, ip: IpAddr) -> Result<(u32, u32, String)> {
     for link in nl.links()? {
         if nl.addresses(link.index)?.iter().any(|a| a.addr == ip) {
-            return Ok((link.index, link.mtu));
+            return Ok((link.index, link.mtu, link.name));
         }
     }
     bail!("this node's InternalIP {ip} is none of its addresses")
@@ -166,7 +166,7 @@ impl Reconciler {
             .with_context(|| format!("read CNI config template {}", self.opts.template.display()))?;
         let mut doc: Value = serde_json::from_slice(&text)
             .with_context(|| format!("parse CNI config template {}", self.opts.template.display()))?;
-        let (_, underlay_mtu) = underlay_link(&self.nl, own_ip)?;
+        let (underlay_ifindex, underlay_mtu, underlay_name) = underlay_link(&self.nl, own_ip)?;
         let completed = complete(&mut doc, &me, underlay_mtu, own_ip.is_ipv4())?;
         out.routing = Some(completed.routing);
         out.mtu = Some(completed.mtu);
@@ -188,6 +188,25 @@ impl Reconciler {
                 None
             }
         };
+        // The fast path's receiving side: from_peer on the ingress of the
+        // device peers' packets arrive on.
+        let receiving = match vxlan {
+            Some(ifindex) => {
+                if dp.detach_peer_ingress(&underlay_name, Some(underlay_ifindex))? {
+                    out.changes += 1;
+                }
+                (VXLAN_DEVICE, ifindex)
+            }
+            None => {
+                if dp.detach_peer_ingress(VXLAN_DEVICE, None)? {
+                    out.changes += 1;
+                }
+                (underlay_name.as_str(), underlay_ifindex)
+            }
+        };
+        if dp.attach_peer_ingress(receiving.0, receiving.1)? {
+            out.changes += 1;
+        }
         for peer in desired.nodes.iter().filter(|n| n.name != me.name) {
             let status = self.plan_peer(peer, vxlan, &mut routes, &mut tunnels);
             out.peers.push(PeerState {
@@ -221,6 +240,21 @@ impl Reconciler {
         }
         for range in have_tunnels.keys().filter(|r| !tunnels.contains_key(r)) {
             table.remove(range)?;
+            out.changes += 1;
+        }
+
+        // The fast path's sending side: where from_pod sends what is for a
+        // peer's range, and the gateway MAC from_peer writes.
+        let gateway_mac = match self.nl.link_by_name(&conf.bridge)? {
+            Some(l) => l.mac.unwrap_or_else(|| crate::cni::bridge_mac(&conf.bridge)),
+            None => crate::cni::bridge_mac(&conf.bridge),
+        };
+        let fast = Fastpath {
+            tunnel_ifindex: vxlan.unwrap_or(0),
+            underlay_ifindex: if vxlan.is_some() { 0 } else { underlay_ifindex },
+            gateway_mac,
+        };
+        if FastpathMap::open(&dp.dir)?.set(Some(fast))? {
             out.changes += 1;
         }
 
@@ -287,7 +321,7 @@ impl Reconciler {
         match vxlan {
             Some(oif) => {
                 for c in &peer.pod_cidrs {
-                    tunnels.insert(*c, TunnelTarget { node: ip, mac: datapath::vxlan_mac(ip) });
+                    tunnels.insert(*c, TunnelTarget { node: ip, mac: datapath::vxlan_mac(ip), native: false });
                     routes.push(OwnedRoute { dst: *c, gateway: None, oif });
                 }
                 "programmed".into()
@@ -307,6 +341,8 @@ impl Reconciler {
                 for c in &peer.pod_cidrs {
                     if c.is_ipv4() == ip.is_ipv4() {
                         routes.push(OwnedRoute { dst: *c, gateway: Some(ip), oif });
+                        // The fast path sends the range out by the route.
+                        tunnels.insert(*c, TunnelTarget { node: ip, mac: [0; 6], native: true });
                     } else {
                         skipped.push(c.to_string());
                     }

@@ -167,12 +167,19 @@ static __always_inline int tracing(const struct settings *s)
 	return s && (s->flags & SETTINGS_F_TRACE_FLOWS);
 }
 
+/* A drop at the pod's host veth `ifindex`. */
+static __always_inline int drop_at(struct __sk_buff *skb, __u32 ifindex, const struct ip_key *pod,
+				   const struct packet *p, __u8 reason, enum count_kind kind, __u8 dir)
+{
+	stats_count(pod, skb->len, kind);
+	event_emit_at(ifindex, p, EVENT_DROPPED, reason, dir);
+	return TC_ACT_SHOT;
+}
+
 static __always_inline int drop(struct __sk_buff *skb, const struct ip_key *pod, const struct packet *p,
 				__u8 reason, enum count_kind kind, __u8 dir)
 {
-	stats_count(pod, skb->len, kind);
-	event_emit(skb, p, EVENT_DROPPED, reason, dir);
-	return TC_ACT_SHOT;
+	return drop_at(skb, skb->ifindex, pod, p, reason, kind, dir);
 }
 
 static __always_inline int mac_equal(const __u8 *a, const __u8 *b)
@@ -184,10 +191,10 @@ static __always_inline int mac_equal(const __u8 *a, const __u8 *b)
 /* to_pod: a packet from a pod of this node arrives through the host,
  * not through the redirect: the host routed it and may have translated it
  * (a Service's DNAT, a hostPort). Remember the flow, and flag its sender. */
-static __always_inline void hostflow_note(struct __sk_buff *skb, const struct packet *p)
+static __always_inline void hostflow_note(__u32 ifindex, const struct packet *p)
 {
 	struct endpoint_info *sender = bpf_map_lookup_elem(&endpoints, &p->src);
-	struct hostflow_value v = { .ifindex = skb->ifindex };
+	struct hostflow_value v = { .ifindex = ifindex };
 	struct ct_key key;
 
 	if (!sender)
@@ -205,6 +212,62 @@ static __always_inline int hostflow_reply(const struct packet *p)
 	struct ct_key key;
 
 	ct_key_of(p, &key, 1);
+	return bpf_map_lookup_elem(&hostflows, &key) != NULL;
+}
+
+/* Across nodes the host that translates a flow is the sender's (a Service
+ * whose backend is a pod of another node), and the reply comes back with
+ * the backend's address, not the one the pod sent to. So from_pod notes,
+ * for a flow it hands to the host for a destination in no pod range, the
+ * pod's own end (source address and port, as the reply's destination;
+ * any peer), and from_peer takes such replies the host's way. An entry
+ * outliving its flow only sends a reused port the slow way. */
+static __always_inline void hostflow_key_any_peer(const struct ip_key *addr, __u16 port, __u8 proto,
+						  struct ct_key *key)
+{
+	__builtin_memset(key, 0, sizeof(*key));
+	key->dst = *addr;
+	key->dport = port;
+	key->proto = proto;
+}
+
+static __always_inline void hostflow_note_outbound(const struct packet *p, __u32 ifindex)
+{
+	struct endpoint_info *sender = bpf_map_lookup_elem(&endpoints, &p->src);
+	struct hostflow_value v = { .ifindex = ifindex };
+	struct ct_key key;
+
+	if (!sender)
+		return;
+	hostflow_key_any_peer(&p->src, p->sport, p->proto, &key);
+	if (!bpf_map_lookup_elem(&hostflows, &key))
+		bpf_map_update_elem(&hostflows, &key, &v, BPF_ANY);
+	if (!(sender->flags & ENDPOINT_F_HOST_FLOWS))
+		sender->flags |= ENDPOINT_F_HOST_FLOWS;
+}
+
+/* to_pod: a packet from a pod of another node that came through this
+ * node's host, not through from_peer: the host may have translated it (a
+ * hostPort). Remember the flow, so from_pod sends its replies back the
+ * same way rather than out of the fast path. */
+static __always_inline void hostflow_note_peer(__u32 ifindex, const struct packet *p)
+{
+	struct hostflow_value v = { .ifindex = ifindex };
+	struct ct_key key;
+
+	if (!fastpath_get() || !tunnel_lookup(&p->src))
+		return;
+	ct_key_of(p, &key, 0);
+	if (!bpf_map_lookup_elem(&hostflows, &key))
+		bpf_map_update_elem(&hostflows, &key, &v, BPF_ANY);
+}
+
+/* from_peer: may be the reply of a flow the sender's host translated. */
+static __always_inline int hostflow_translated_reply(const struct packet *p)
+{
+	struct ct_key key;
+
+	hostflow_key_any_peer(&p->dst, p->dport, p->proto, &key);
 	return bpf_map_lookup_elem(&hostflows, &key) != NULL;
 }
 
@@ -325,6 +388,25 @@ int from_pod(struct __sk_buff *skb)
 	/* Sent traffic counts under its source, one of the pod's own
 	 * addresses (verified above); drops count under the pod's first. */
 	ep = bpf_map_lookup_elem(&endpoints, &p.dst);
+	if (!ep) {
+		struct fastpath *f = fastpath_get();
+		struct tunnel_value *t = f ? tunnel_lookup(&p.dst) : NULL;
+
+		/* A pod of another node: straight out (fast path), unless
+		 * this is the reply of a flow that reached the pod through
+		 * this node's host (a hostPort), which must undo it. */
+		if (t && !hostflow_reply(&p)) {
+			verdict = fastpath_send(skb, f, t);
+			if (verdict == TC_ACT_REDIRECT) {
+				stats_count(&p.src, skb->len, COUNT_REDIRECTED);
+				if (tracing(s))
+					event_emit(skb, &p, EVENT_REDIRECTED, REASON_NONE, DIR_FROM_POD);
+				return TC_ACT_REDIRECT;
+			}
+		} else if (f) {
+			hostflow_note_outbound(&p, ifindex);
+		}
+	}
 	if (!ep || ep->ifindex == ifindex) {
 		stats_count(&p.src, skb->len, COUNT_PASSED);
 		if (tracing(s))
@@ -361,6 +443,38 @@ int from_pod(struct __sk_buff *skb)
 	return TC_ACT_REDIRECT;
 }
 
+/* The ingress policy of `pod` (behind host veth `ifindex`) for a parsed IP
+ * packet entering it: TC_ACT_OK or TC_ACT_SHOT (counted). to_pod runs it
+ * for what the host delivers, from_peer for what it delivers itself. */
+static __always_inline int pod_ingress(struct __sk_buff *skb, const struct settings *s, const struct pod_info *pod,
+				       const struct packet *p, __u32 ifindex)
+{
+	int ct;
+
+	hostflow_note(ifindex, p);
+	if (!policy_active(s))
+		return TC_ACT_OK;
+	/* Addressed to none of the pod's own addresses (a group, a broadcast,
+	 * an address it gave itself): no pod identity to ask, so an isolated
+	 * pod does not take it. */
+	if (!owned_by(&p->dst, ifindex) && ingress_isolated(s, pod)) {
+		/* The segment's group traffic (the node's IGMP and MLD reports
+		 * flood every port) is nobody's flow: refused without counting,
+		 * so it does not bury real drops. */
+		if (ip_key_is_group(&p->dst))
+			return TC_ACT_SHOT;
+		return drop_at(skb, ifindex, &pod->addr, p, REASON_POLICY, COUNT_DROP_POLICY, DIR_TO_POD);
+	}
+	ct = ct_policy_allows(s, p, ifindex);
+	if (ct == CT_DENIED)
+		return drop_at(skb, ifindex, &pod->addr, p, REASON_POLICY, COUNT_DROP_POLICY, DIR_TO_POD);
+	if (ct == CT_NO_ROOM)
+		return drop_at(skb, ifindex, &pod->addr, p, REASON_CT_FULL, COUNT_DROP_POLICY, DIR_TO_POD);
+	if (tracing(s))
+		event_emit_at(ifindex, p, EVENT_PASSED, REASON_NONE, DIR_TO_POD);
+	return TC_ACT_OK;
+}
+
 SEC("tc")
 int to_pod(struct __sk_buff *skb)
 {
@@ -380,28 +494,48 @@ int to_pod(struct __sk_buff *skb)
 		return drop(skb, &pod->addr, &p, REASON_PARSE, COUNT_DROP_PARSE, DIR_TO_POD);
 	if (parsed == PARSE_NOT_IP || p.nd)
 		return TC_ACT_OK;
-	hostflow_note(skb, &p);
-	if (!policy_active(s))
+	hostflow_note_peer(ifindex, &p);
+	return pod_ingress(skb, s, pod, &p, ifindex);
+}
+
+/* from_peer (ingress of the VXLAN device in vxlan, of the underlay in
+ * native): a packet from another node for a pod of this one gets the pod's
+ * ingress policy and is delivered into it (fast path). Anything else, and
+ * anything the fast path cannot take, goes on to the host as before. */
+SEC("tc")
+int from_peer(struct __sk_buff *skb)
+{
+	struct fastpath *f = fastpath_get();
+	struct settings *s = settings_get();
+	struct endpoint_info *ep;
+	struct packet p = {};
+	struct pod_info *pod;
+	__u32 ifindex;
+	int verdict;
+
+	/* Only what is addressed to this node (a flooded frame for another
+	 * node is not ours to deliver). */
+	if (!f || skb->pkt_type != PACKET_HOST)
 		return TC_ACT_OK;
-	/* Addressed to none of the pod's own addresses (a group, a broadcast,
-	 * an address it gave itself): no pod identity to ask, so an isolated
-	 * pod does not take it. */
-	if (!owned_by(&p.dst, ifindex) && ingress_isolated(s, pod)) {
-		/* The segment's group traffic (the node's IGMP and MLD reports
-		 * flood every port) is nobody's flow: refused without counting,
-		 * so it does not bury real drops. */
-		if (ip_key_is_group(&p.dst))
-			return TC_ACT_SHOT;
-		return drop(skb, &pod->addr, &p, REASON_POLICY, COUNT_DROP_POLICY, DIR_TO_POD);
-	}
-	parsed = ct_policy_allows(s, &p, ifindex);
-	if (parsed == CT_DENIED)
-		return drop(skb, &pod->addr, &p, REASON_POLICY, COUNT_DROP_POLICY, DIR_TO_POD);
-	if (parsed == CT_NO_ROOM)
-		return drop(skb, &pod->addr, &p, REASON_CT_FULL, COUNT_DROP_POLICY, DIR_TO_POD);
-	if (tracing(s))
-		event_emit(skb, &p, EVENT_PASSED, REASON_NONE, DIR_TO_POD);
-	return TC_ACT_OK;
+	if (packet_parse(skb, &p) != PARSE_IP || p.nd)
+		return TC_ACT_OK;
+	ep = bpf_map_lookup_elem(&endpoints, &p.dst);
+	if (!ep)
+		return TC_ACT_OK;
+	ifindex = ep->ifindex;
+	pod = bpf_map_lookup_elem(&pods, &ifindex);
+	if (!pod)
+		return TC_ACT_OK;
+	if ((ep->flags & ENDPOINT_F_HOST_FLOWS) && hostflow_translated_reply(&p))
+		return TC_ACT_OK;
+	verdict = pod_ingress(skb, s, pod, &p, ifindex);
+	if (verdict != TC_ACT_OK)
+		return verdict;
+	/* The pod takes frames addressed to its MAC, from its gateway's. */
+	if (bpf_skb_store_bytes(skb, offsetof(struct ethhdr, h_dest), ep->mac, 6, 0) < 0 ||
+	    bpf_skb_store_bytes(skb, offsetof(struct ethhdr, h_source), f->gateway_mac, 6, 0) < 0)
+		return TC_ACT_OK;
+	return bpf_redirect_peer(ifindex, 0);
 }
 
 /* to_tunnel (egress of the node's VXLAN device): pods of other nodes. */

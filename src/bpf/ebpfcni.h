@@ -42,7 +42,7 @@ struct pod_info {
 struct traffic_stats {
 	__u64 packets;    /* sent by the pod */
 	__u64 bytes;
-	__u64 redirected; /* delivered with bpf_redirect_peer */
+	__u64 redirected; /* past the host: bpf_redirect_peer to a pod of the node, or the fast path to another node's */
 	__u64 passed;     /* handed to the bridge / host stack */
 	__u64 drop_spoofed;
 	__u64 drop_policy;

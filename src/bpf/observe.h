@@ -66,14 +66,14 @@ static __always_inline void event_lost(int rate_limited)
 }
 
 /* Whether the source of a drop may have one more event now. */
-static __always_inline int event_allowed(struct __sk_buff *skb, const struct packet *p, __u8 dir, __u64 now)
+static __always_inline int event_allowed(__u32 ifindex, const struct packet *p, __u8 dir, __u64 now)
 {
 	const __u64 interval = 1000000000ULL / EVENT_RATE_PER_SEC;
 	struct event_source key = {};
 	__u64 *tat;
 
 	if (dir == DIR_FROM_POD)
-		key.ifindex = skb->ifindex;
+		key.ifindex = ifindex;
 	else
 		key.src = p->src;
 	tat = bpf_map_lookup_elem(&event_limit, &key);
@@ -89,13 +89,16 @@ static __always_inline int event_allowed(struct __sk_buff *skb, const struct pac
 	return 1;
 }
 
-static __always_inline void event_emit(struct __sk_buff *skb, const struct packet *p, __u8 verdict,
-				       __u8 reason, __u8 dir)
+/* An event about a packet at the pod's host veth `ifindex` (the device
+ * the program runs on, but for what the fast path delivers from a peer
+ * node: the destination pod's). */
+static __always_inline void event_emit_at(__u32 ifindex, const struct packet *p, __u8 verdict, __u8 reason,
+					  __u8 dir)
 {
 	__u64 now = bpf_ktime_get_ns();
 	struct event *e;
 
-	if (verdict == EVENT_DROPPED && !event_allowed(skb, p, dir, now)) {
+	if (verdict == EVENT_DROPPED && !event_allowed(ifindex, p, dir, now)) {
 		event_lost(1);
 		return;
 	}
@@ -113,9 +116,15 @@ static __always_inline void event_emit(struct __sk_buff *skb, const struct packe
 	e->verdict = verdict;
 	e->reason = reason;
 	e->dir = dir;
-	e->ifindex = skb->ifindex;
+	e->ifindex = ifindex;
 	e->pad = 0;
 	bpf_ringbuf_submit(e, 0);
+}
+
+static __always_inline void event_emit(struct __sk_buff *skb, const struct packet *p, __u8 verdict,
+				       __u8 reason, __u8 dir)
+{
+	event_emit_at(skb->ifindex, p, verdict, reason, dir);
 }
 
 #endif

@@ -306,7 +306,7 @@ fn check_one_gateway(bridge: &str, have: &[Cidr], gateway: &Cidr, conf: &NetConf
 
 /// A locally administered unicast MAC derived from the bridge's name:
 /// stable across nodes' reboots and plugin versions.
-fn bridge_mac(name: &str) -> [u8; 6] {
+pub(crate) fn bridge_mac(name: &str) -> [u8; 6] {
     let h = crate::fnv::fnv1a64(name.as_bytes()).to_be_bytes();
     [0x02, h[0], h[1], h[2], h[3], h[4]]
 }

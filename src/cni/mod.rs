@@ -3,6 +3,7 @@
 //! stdout. Diagnostics go to stderr and, when configured, `logFile`.
 
 mod add;
+pub(crate) use add::bridge_mac;
 mod attach_lock;
 mod check;
 pub mod config;

@@ -237,3 +237,85 @@ pub fn detach(dir: &Path, host_if: &str) -> Result<()> {
         _ => Ok(()),
     }
 }
+
+/// `devices/<device>/ingress`: the TCX link of `from_peer` on a node
+/// device the agent owns (the VXLAN device, the underlay). Apart from the
+/// pods' `links/`, which a load moves to its `from_pod`/`to_pod`: the agent
+/// moves these itself, on its next reconcile.
+const DEVICES_DIR: &str = "devices";
+
+fn device_pin(dir: &Path, dev: &str) -> PathBuf {
+    dir.join(DEVICES_DIR).join(dev).join("ingress")
+}
+
+impl Datapath {
+    /// Runs `from_peer` on the ingress of `dev` (TCX where the kernel has
+    /// it, our clsact filter otherwise), unless it already does; an older
+    /// build's program there is replaced atomically. Returns whether it
+    /// changed anything.
+    pub fn attach_peer_ingress(&self, dev: &str, ifindex: u32) -> Result<bool> {
+        let prog = self.peer_prog()?;
+        let want = libbpf_rs::Program::id_from_fd(prog.as_fd()).context("read from_peer program id")?;
+        if !tcx_supported(prog.as_fd()) {
+            let mut hook = tc_hook(prog.as_fd(), ifindex, false);
+            if hook.query().ok() == Some(want) {
+                return Ok(false);
+            }
+            hook.create().with_context(|| format!("create clsact qdisc on {dev}"))?;
+            hook.replace(true);
+            hook.attach().with_context(|| format!("attach from_peer to the ingress of {dev}"))?;
+            return Ok(true);
+        }
+        let pin = device_pin(&self.dir, dev);
+        if tcx_link_ifindex(&pin) == Some(ifindex) {
+            let link = libbpf_rs::Link::open(&pin).context("open from_peer link")?;
+            if link.info().context("read from_peer link info")?.prog_id == want {
+                return Ok(false);
+            }
+            // SAFETY: valid link and program fds; no options.
+            let ret =
+                unsafe { libbpf_sys::bpf_link_update(link.as_fd().as_raw_fd(), prog.as_raw_fd(), std::ptr::null()) };
+            if ret < 0 {
+                return Err(libbpf_err(ret))
+                    .with_context(|| format!("move {} to this build's from_peer", pin.display()));
+            }
+            return Ok(true);
+        }
+        let _ = fs::remove_file(&pin);
+        let d = pin.parent().unwrap_or(&self.dir);
+        fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
+        let link = tcx_link_create(prog.as_fd(), ifindex as i32, false)
+            .with_context(|| format!("attach tcx ingress to {dev} (ifindex {ifindex})"))?;
+        let c = cpath(&pin)?;
+        // SAFETY: valid link fd and NUL-terminated path.
+        let ret = unsafe { libbpf_sys::bpf_obj_pin(link.as_raw_fd(), c.as_ptr()) };
+        if ret < 0 {
+            return Err(libbpf_err(ret)).with_context(|| format!("pin tcx link at {}", pin.display()));
+        }
+        Ok(true)
+    }
+
+    /// Takes `from_peer` off the ingress of `dev` (gone or not); returns
+    /// whether it was there.
+    pub fn detach_peer_ingress(&self, dev: &str, ifindex: Option<u32>) -> Result<bool> {
+        let mut changed = false;
+        let pin = device_pin(&self.dir, dev);
+        if pin.exists() {
+            fs::remove_file(&pin).with_context(|| format!("unpin {}", pin.display()))?;
+            let _ = fs::remove_dir(pin.parent().unwrap_or(&self.dir));
+            changed = true;
+        }
+        if let Some(ifindex) = ifindex {
+            let prog = self.peer_prog()?;
+            if tcx_supported(prog.as_fd()) {
+                return Ok(changed);
+            }
+            let mut hook = tc_hook(prog.as_fd(), ifindex, false);
+            if hook.query().is_ok() {
+                hook.detach().with_context(|| format!("detach from_peer from {dev}"))?;
+                changed = true;
+            }
+        }
+        Ok(changed)
+    }
+}

@@ -30,7 +30,9 @@ pub use pins::{bpffs_available, lock_dir, network_dir, pinned_programs, probe_lo
 pub use query::{Hook, NetworkPrograms};
 pub use reader::{claim_events, release_dead_reader};
 pub use rulebook::RuleBook;
-pub use tunnel::{vxlan_mac, TunnelTarget, Tunnels, TUNNEL_OVERHEAD_V4, TUNNEL_OVERHEAD_V6, TUNNEL_PORT};
+pub use tunnel::{
+    vxlan_mac, Fastpath, FastpathMap, TunnelTarget, Tunnels, TUNNEL_OVERHEAD_V4, TUNNEL_OVERHEAD_V6, TUNNEL_PORT,
+};
 
 /// Identifies the BPF program this binary carries (a hash of its sources).
 pub const BPF_ID: &str = env!("EBPFCNI_BPF_ID");

@@ -40,8 +40,11 @@ const PROG_PREFIX: &str = "from_pod_";
 const PROG_TO_PREFIX: &str = "to_pod_";
 /// `to_tunnel`, for the egress of the node's VXLAN device (the agent's).
 const PROG_TUNNEL_PREFIX: &str = "to_tunnel_";
+/// `from_peer`, for the ingress of the VXLAN device or the underlay (the
+/// agent's: the fast path's receiving side).
+const PROG_PEER_PREFIX: &str = "from_peer_";
 /// Every program this build pins, by name prefix.
-const PROG_PREFIXES: [&str; 3] = [PROG_PREFIX, PROG_TO_PREFIX, PROG_TUNNEL_PREFIX];
+const PROG_PREFIXES: [&str; 4] = [PROG_PREFIX, PROG_TO_PREFIX, PROG_TUNNEL_PREFIX, PROG_PEER_PREFIX];
 pub(super) const LINKS_DIR: &str = "links";
 
 pub fn network_dir(pin_root: &Path, network: &str) -> PathBuf {
@@ -162,6 +165,11 @@ impl Datapath {
     pub fn tunnel_prog(&self) -> Result<OwnedFd> {
         open_prog(&self.dir, PROG_TUNNEL_PREFIX)
     }
+
+    /// `from_peer`, pinned beside the pod programs.
+    pub fn peer_prog(&self) -> Result<OwnedFd> {
+        open_prog(&self.dir, PROG_PEER_PREFIX)
+    }
 }
 
 /// The program pins of a network directory: (name, is this binary's).
@@ -275,6 +283,7 @@ fn load_and_pin(dir: &Path, refill: &dyn Fn(&Maps, &[String]) -> Result<()>) -> 
         (PROG_PREFIX, &mut skel.progs.from_pod),
         (PROG_TO_PREFIX, &mut skel.progs.to_pod),
         (PROG_TUNNEL_PREFIX, &mut skel.progs.to_tunnel),
+        (PROG_PEER_PREFIX, &mut skel.progs.from_peer),
     ] {
         // bpffs refuses '.' in names: no dot-file temporaries here.
         let tmp = dir.join(format!("tmp_{prefix}{BPF_ID}_{}", std::process::id()));

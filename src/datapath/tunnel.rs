@@ -12,7 +12,7 @@ use libbpf_rs::{MapHandle, Program, TcHook, TC_EGRESS};
 
 use super::maps::typed::TypedMap;
 use super::maps::{ip_to_key, key_to_ip};
-use super::skel::types::{ip_key, tunnel_const, tunnel_flags, tunnel_key, tunnel_value};
+use super::skel::types::{fastpath, fastpath_flags, ip_key, tunnel_const, tunnel_flags, tunnel_key, tunnel_value};
 use super::Datapath;
 use crate::ipam::Cidr;
 
@@ -20,16 +20,20 @@ pub const TUNNEL_PORT: u16 = tunnel_const::TUNNEL_PORT.0 as u16;
 pub const TUNNEL_OVERHEAD_V4: u32 = tunnel_const::TUNNEL_OVERHEAD_V4.0;
 pub const TUNNEL_OVERHEAD_V6: u32 = tunnel_const::TUNNEL_OVERHEAD_V6.0;
 const TUNNEL_F_IPV6: u16 = tunnel_flags::TUNNEL_F_IPV6.0 as u16;
+const TUNNEL_F_NATIVE: u16 = tunnel_flags::TUNNEL_F_NATIVE.0 as u16;
+const FASTPATH_F_ENABLED: u16 = fastpath_flags::FASTPATH_F_ENABLED.0 as u16;
 
 /// Our clsact filter on the VXLAN device: the pods' handle and priority.
 const TC_HANDLE: u32 = 0xebf;
 const TC_PRIORITY: u32 = 0xebf;
 
-/// Where a peer's pod range is reached.
+/// Where a peer's pod range is reached: through the tunnel to `node`'s
+/// VXLAN device (MAC `mac`), or, `native`, routed via `node` (no MAC).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct TunnelTarget {
     pub node: IpAddr,
     pub mac: [u8; 6],
+    pub native: bool,
 }
 
 fn key_of(range: &Cidr) -> tunnel_key {
@@ -57,7 +61,10 @@ impl Tunnels {
             .map(|(k, v)| {
                 let addr = key_to_ip(&ip_key { addr: k.addr });
                 let prefix = if addr.is_ipv4() { k.prefixlen.saturating_sub(96) } else { k.prefixlen } as u8;
-                (Cidr { addr, prefix }, TunnelTarget { node: key_to_ip(&v.node), mac: v.mac })
+                (
+                    Cidr { addr, prefix },
+                    TunnelTarget { node: key_to_ip(&v.node), mac: v.mac, native: v.flags & TUNNEL_F_NATIVE != 0 },
+                )
             })
             .collect();
         out.sort();
@@ -68,13 +75,60 @@ impl Tunnels {
         let v = tunnel_value {
             node: ip_to_key(t.node),
             mac: t.mac,
-            flags: if t.node.is_ipv4() { 0 } else { TUNNEL_F_IPV6 },
+            flags: if t.node.is_ipv4() { 0 } else { TUNNEL_F_IPV6 } | if t.native { TUNNEL_F_NATIVE } else { 0 },
         };
         self.map.put(&key_of(range), &v).with_context(|| format!("write tunnel {range} -> {}", t.node))
     }
 
     pub fn remove(&self, range: &Cidr) -> Result<()> {
         self.map.delete(&key_of(range)).with_context(|| format!("remove tunnel {range}"))
+    }
+}
+
+/// The fast path's devices (`fastpath` map, one entry): what from_pod sends
+/// a peer's pod range out of, and the bridge MAC from_peer writes as the
+/// source of what it delivers. `None`: no fast path (the host's path).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Fastpath {
+    pub tunnel_ifindex: u32,
+    pub underlay_ifindex: u32,
+    pub gateway_mac: [u8; 6],
+}
+
+/// The pinned `fastpath` map of a network.
+pub struct FastpathMap {
+    map: TypedMap<u32, fastpath>,
+}
+
+impl FastpathMap {
+    pub fn open(dir: &Path) -> Result<Self> {
+        let path = dir.join("fastpath");
+        let map = MapHandle::from_pinned_path(&path).with_context(|| format!("open pinned map {}", path.display()))?;
+        Ok(FastpathMap { map: TypedMap::new(map, "fastpath") })
+    }
+
+    pub fn get(&self) -> Result<Option<Fastpath>> {
+        Ok(self.map.get(&0)?.filter(|v| v.flags & FASTPATH_F_ENABLED != 0).map(|v| Fastpath {
+            tunnel_ifindex: v.tunnel_ifindex,
+            underlay_ifindex: v.underlay_ifindex,
+            gateway_mac: v.gateway_mac,
+        }))
+    }
+
+    /// Writes the entry when it differs; returns whether it did.
+    pub fn set(&self, want: Option<Fastpath>) -> Result<bool> {
+        if self.get()? == want {
+            return Ok(false);
+        }
+        let f = want.unwrap_or_default();
+        let v = fastpath {
+            tunnel_ifindex: f.tunnel_ifindex,
+            underlay_ifindex: f.underlay_ifindex,
+            gateway_mac: f.gateway_mac,
+            flags: if want.is_some() { FASTPATH_F_ENABLED } else { 0 },
+        };
+        self.map.put(&0, &v).context("write the fastpath entry")?;
+        Ok(true)
     }
 }
 

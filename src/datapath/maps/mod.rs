@@ -43,6 +43,7 @@ pub const MAP_NAMES: &[&str] = &[
     "events_lost",
     "event_limit",
     "tunnels",
+    "fastpath",
 ];
 
 pub(super) fn ip_to_key(ip: IpAddr) -> ip_key {

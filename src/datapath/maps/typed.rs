@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
 
 use crate::datapath::skel::types::{
-    ct_budget, ct_key, ct_new_value, ct_value, endpoint_info, event, event_loss, event_source, frag_key,
+    ct_budget, ct_key, ct_new_value, ct_value, endpoint_info, event, event_loss, event_source, fastpath, frag_key,
     hostflow_value, identity_key, ip_key, ipcache_key, ipcache_value, pod_info, policy_key, policy_value, settings,
     traffic_stats, tunnel_key, tunnel_value,
 };
@@ -54,6 +54,7 @@ plain!(
     event,
     tunnel_key,
     tunnel_value,
+    fastpath,
 );
 
 /// The bytes the kernel expects for `v`.
