@@ -171,7 +171,7 @@ fn policy_loop(args: &RunArgs, watch: &ClusterWatch, m: &Metrics) {
         // Until the first pass, wait for any change (or a second).
         let seen = synced_gen.unwrap_or_else(|| watch.generation());
         watch.wait_change(seen, Duration::from_secs(1));
-        if let Err(e) = write_state(&args.state_file, &watch, &passes) {
+        if let Err(e) = write_state(&args.state_file, watch, &passes) {
             eprintln!("ebpfcni-agent: write {}: {e:#}", args.state_file.display());
         }
         if !watch.health().synced {
