@@ -1,12 +1,12 @@
 //! `ebpfcni agent`: the node daemon (see src/agent/).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
 
-use crate::agent::{self, FileSource, Options};
+use crate::agent::{self, FileSource, Options, PeerSource};
 
 #[derive(Args)]
 pub struct AgentArgs {
@@ -28,15 +28,28 @@ pub struct AgentArgs {
 }
 
 pub fn run(args: &AgentArgs) -> Result<()> {
-    let node = match &args.node_name {
-        Some(n) => n.clone(),
+    let source = Box::new(FileSource::new(args.peers.clone()));
+    start(args.node_name.as_deref(), &args.template, &args.cni_conf, args.interval, source)
+}
+
+/// Runs the node agent on `source` until SIGTERM: the one way `ebpfcni
+/// agent` (a NodeList file) and `ebpfcni-agent run` (the Kubernetes API)
+/// start it.
+pub fn start(
+    node_name: Option<&str>,
+    template: &Path,
+    cni_conf: &Path,
+    interval: u64,
+    source: Box<dyn PeerSource>,
+) -> Result<()> {
+    let node = match node_name {
+        Some(n) => n.to_string(),
         None => std::fs::read_to_string("/proc/sys/kernel/hostname").context("read the hostname")?.trim().to_string(),
     };
-    let template: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(&args.template).with_context(|| format!("read {}", args.template.display()))?,
-    )
-    .with_context(|| format!("parse {}", args.template.display()))?;
-    let network = template["name"].as_str().context("the template has no name")?.to_string();
-    let opts = Options { node, template: args.template.clone(), cni_conf: args.cni_conf.clone() };
-    agent::run(opts, Box::new(FileSource::new(args.peers.clone())), network, Duration::from_secs(args.interval.max(1)))
+    let doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(template).with_context(|| format!("read {}", template.display()))?)
+            .with_context(|| format!("parse {}", template.display()))?;
+    let network = doc["name"].as_str().context("the template has no name")?.to_string();
+    let opts = Options { node, template: template.to_path_buf(), cni_conf: cni_conf.to_path_buf() };
+    agent::run(opts, source, network, Duration::from_secs(interval.max(1)))
 }

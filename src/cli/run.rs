@@ -23,7 +23,7 @@ use crate::datapath::Maps;
 use crate::kube::{self, ClusterWatch, Snapshot};
 use crate::metrics::{self, Metrics};
 
-#[derive(Args)]
+#[derive(Args, Clone)]
 pub struct RunArgs {
     /// The kubeconfig (default: the pod's service account, else $KUBECONFIG or ~/.kube/config).
     #[arg(long)]
@@ -40,6 +40,20 @@ pub struct RunArgs {
     /// Sync again after this many seconds even without a change.
     #[arg(long, default_value_t = 60)]
     resync: u64,
+    /// Also run the node agent (`ebpfcni agent`) on the watched Nodes:
+    /// routes or tunnel entries for the peers, the node's rules, and the
+    /// CNI config completed from this template with the node's podCIDRs.
+    #[arg(long)]
+    template: Option<PathBuf>,
+    /// This node's name (the Node's metadata.name); default: the hostname.
+    #[arg(long)]
+    node_name: Option<String>,
+    /// Where the node agent writes the completed CNI config once the node is ready.
+    #[arg(long, default_value = "/etc/cni/net.d/10-ebpfcni.conflist")]
+    cni_conf: PathBuf,
+    /// Seconds between the node agent's full reconciles when nothing changed.
+    #[arg(long, default_value_t = 10)]
+    interval: u64,
     #[command(flatten)]
     target: Target,
 }
@@ -128,6 +142,25 @@ pub fn run(args: &RunArgs) -> Result<()> {
     println!("serving metrics on http://{}/metrics", server.local_addr());
     std::io::stdout().flush()?;
 
+    if let Some(template) = &args.template {
+        // The policy loop below runs beside the node agent, which owns the
+        // process's end (SIGTERM).
+        let (policy_watch, policy_metrics) = (watch.clone(), m.clone());
+        let policy_args = args.clone();
+        std::thread::spawn(move || policy_loop(&policy_args, &policy_watch, &policy_metrics));
+        let source = Box::new(kube::KubeSource::new(watch.clone()));
+        let result =
+            super::node_agent::start(args.node_name.as_deref(), template, &args.cni_conf, args.interval, source);
+        drop(server);
+        return result;
+    }
+    policy_loop(args, &watch, &m);
+    drop(server);
+    Ok(())
+}
+
+/// Keeps every pinned network's policy equal to the cluster's, forever.
+fn policy_loop(args: &RunArgs, watch: &ClusterWatch, m: &Metrics) {
     let resync = Duration::from_secs(args.resync.max(1));
     let mut synced_gen: Option<u64> = None;
     let mut synced_nets: BTreeSet<String> = BTreeSet::new();
@@ -138,7 +171,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         // Until the first pass, wait for any change (or a second).
         let seen = synced_gen.unwrap_or_else(|| watch.generation());
         watch.wait_change(seen, Duration::from_secs(1));
-        if let Err(e) = write_state(&args.state_file, &watch, &passes) {
+        if let Err(e) = write_state(&args.state_file, watch, &passes) {
             eprintln!("ebpfcni-agent: write {}: {e:#}", args.state_file.display());
         }
         if !watch.health().synced {

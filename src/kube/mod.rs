@@ -12,6 +12,7 @@
 //!   most as long as asked.
 
 mod export;
+mod source;
 #[cfg(test)]
 mod tests;
 
@@ -32,6 +33,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
 pub use export::{node_list, policy_input, write_node_list};
+pub use source::KubeSource;
 
 /// How often reachability is probed (GET /version) while a watch fails: a
 /// resumed watch with nothing new to say says nothing, so this is how the

@@ -22,6 +22,8 @@ use serde_json::{json, Value};
 use super::node::{Node, Plugin};
 use super::{Pod, BIN};
 
+pub const AGENT_BIN: &str = env!("CARGO_BIN_EXE_ebpfcni-agent");
+
 /// The port every pod's TCP server listens on (UDP: the next one).
 pub const SERVE_PORT: u16 = 7000;
 
@@ -33,6 +35,8 @@ pub struct ClusterNode {
     pub template: PathBuf,
     pub cni_conf: PathBuf,
     pub log: PathBuf,
+    /// Set when the peers come from the Kubernetes API (`ebpfcni-agent run`).
+    pub kubeconfig: Option<PathBuf>,
     agent: RefCell<Option<Child>>,
 }
 
@@ -45,6 +49,9 @@ pub struct Cluster {
     pub nodes: Vec<ClusterNode>,
     /// Two pods per node, `pods[node][0..2]`.
     pub pods: Vec<Vec<Pod>>,
+    /// The fake API server the agents watch, in the underlay's namespace at
+    /// 10.248.0.254, when the peers come from Kubernetes.
+    pub api: Option<super::fakeapi::FakeApi>,
 }
 
 fn run_ok(cmd: &str) -> String {
@@ -101,11 +108,20 @@ impl ClusterNode {
 
     pub fn start_agent(&self) {
         let log = fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
-        let child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", self.node.ns))
-            .arg(BIN)
-            .args(["agent", "--node-name", &self.name, "--peers"])
-            .arg(self.template.parent().unwrap().parent().unwrap().join("nodes.json"))
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.node.ns));
+        match &self.kubeconfig {
+            None => {
+                cmd.arg(BIN).args(["agent", "--node-name", &self.name, "--peers"]);
+                cmd.arg(self.template.parent().unwrap().parent().unwrap().join("nodes.json"));
+            }
+            Some(kubeconfig) => {
+                cmd.arg(AGENT_BIN).args(["run", "--node-name", &self.name, "--kubeconfig"]).arg(kubeconfig);
+                cmd.args(["--metrics-address", "127.0.0.1:0", "--network", &self.network(), "--pin-path"]);
+                cmd.arg(&self.node.pin_path).arg("--state-file").arg(self.template.with_file_name("kubernetes.json"));
+            }
+        }
+        let child = cmd
             .arg("--template")
             .arg(&self.template)
             .arg("--cni-conf")
@@ -169,6 +185,16 @@ pub fn now_secs() -> u64 {
 impl Cluster {
     /// `tag` must contain "mn"; nodes get ids `base`, `base + 1`, … (30-69).
     pub fn new(tag: &str, base: u8, count: usize, mode: &str, extra: Value) -> Cluster {
+        Self::build(tag, base, count, mode, extra, false)
+    }
+
+    /// The same cluster, its agents (`ebpfcni-agent run`) watching a fake
+    /// Kubernetes API server for Nodes, Pods, Namespaces and NetworkPolicies.
+    pub fn with_api(tag: &str, base: u8, count: usize, mode: &str, extra: Value) -> Cluster {
+        Self::build(tag, base, count, mode, extra, true)
+    }
+
+    fn build(tag: &str, base: u8, count: usize, mode: &str, extra: Value, api: bool) -> Cluster {
         assert!(tag.contains("mn"));
         let underlay = format!("ebu-{tag}");
         let dir = std::env::temp_dir().join(format!("ebpfcni-{tag}"));
@@ -187,7 +213,15 @@ impl Cluster {
             dir,
             nodes: Vec::new(),
             pods: Vec::new(),
+            api: None,
         };
+        let kubeconfig = api.then(|| {
+            run_ok(&format!("ip -n {underlay} addr add 10.248.0.254/16 dev ebubr"));
+            let server = super::fakeapi::FakeApi::start_in(&underlay, "10.248.0.254");
+            let path = server.kubeconfig(&cluster.dir);
+            cluster.api = Some(server);
+            path
+        });
         for i in 0..count {
             let mut conf_extra = json!({"routing": mode, "ipMasq": true, "cniVersion": "1.1.0", "subnet": null});
             for (k, v) in extra.as_object().into_iter().flatten() {
@@ -212,6 +246,7 @@ impl Cluster {
                 log: ndir.join("agent.log"),
                 template,
                 node,
+                kubeconfig: kubeconfig.clone(),
                 agent: RefCell::new(None),
             });
         }
@@ -254,6 +289,18 @@ impl Cluster {
             })
             .collect();
         items.extend(more.iter().map(|(name, cidr, ip)| node(name, cidr, ip)));
+        if let Some(api) = &self.api {
+            // Nodes present are applied, every other node of the cluster deleted.
+            for n in &self.nodes {
+                if !items.iter().any(|i| i["metadata"]["name"] == json!(n.name)) {
+                    api.delete("Node", "", &n.name);
+                }
+            }
+            for item in items {
+                api.apply(item);
+            }
+            return;
+        }
         let doc = json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": ""}, "items": items});
         let tmp = self.dir.join("nodes.json.tmp");
         fs::write(&tmp, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
@@ -268,6 +315,8 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        // The API server listens in the underlay's namespace: it goes first.
+        drop(self.api.take());
         for n in &self.nodes {
             n.stop_agent("TERM");
             let _ = fs::remove_dir_all(n.state_file().parent().unwrap());

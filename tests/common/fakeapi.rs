@@ -70,7 +70,21 @@ struct Shared {
 pub struct FakeApi {
     shared: Arc<Shared>,
     addr: SocketAddr,
+    /// The network namespace it listens in (None: the test's own).
+    netns: Option<String>,
     acceptor: Mutex<Option<thread::JoinHandle<()>>>,
+}
+
+/// Binds `addr` inside `netns` (a socket keeps the namespace it was made in).
+fn bind_in(netns: Option<&str>, addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let Some(netns) = netns else { return TcpListener::bind(addr) };
+    let ns = std::fs::File::open(format!("/run/netns/{netns}"))?;
+    thread::spawn(move || {
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
+        TcpListener::bind(addr)
+    })
+    .join()
+    .expect("bind in netns")
 }
 
 fn kind_info(kind: &str) -> &'static (&'static str, &'static str, &'static str, bool, &'static [&'static str]) {
@@ -80,7 +94,17 @@ fn kind_info(kind: &str) -> &'static (&'static str, &'static str, &'static str, 
 impl FakeApi {
     /// Listens on 127.0.0.1 on a port of the kernel's choosing.
     pub fn start() -> FakeApi {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("fakeapi: bind 127.0.0.1:0");
+        Self::serve(TcpListener::bind("127.0.0.1:0").expect("fakeapi: bind 127.0.0.1:0"), None)
+    }
+
+    /// Listens on `ip` inside network namespace `netns` (the nodes of a
+    /// cluster reach it over their underlay), on a port of the kernel's choosing.
+    pub fn start_in(netns: &str, ip: &str) -> FakeApi {
+        let addr = SocketAddr::new(ip.parse().expect("an IP address"), 0);
+        Self::serve(bind_in(Some(netns), addr).expect("fakeapi: bind"), Some(netns.to_string()))
+    }
+
+    fn serve(listener: TcpListener, netns: Option<String>) -> FakeApi {
         let addr = listener.local_addr().unwrap();
         let shared = Arc::new(Shared {
             state: Mutex::new(State { rv: 100, ..Default::default() }),
@@ -90,7 +114,7 @@ impl FakeApi {
             up: AtomicBool::new(true),
             log: Mutex::new(Vec::new()),
         });
-        let api = FakeApi { shared, addr, acceptor: Mutex::new(None) };
+        let api = FakeApi { shared, addr, netns, acceptor: Mutex::new(None) };
         api.listen(listener);
         api
     }
@@ -248,8 +272,22 @@ impl FakeApi {
         if !self.shared.up.swap(false, Ordering::SeqCst) {
             return;
         }
-        let _ = TcpStream::connect(self.addr); // wakes the acceptor, which then closes the listener
-        if let Some(h) = self.acceptor.lock().unwrap().take() {
+        // Wakes the acceptor, which then closes the listener.
+        let (netns, addr) = (self.netns.clone(), self.addr);
+        let woke = thread::spawn(move || {
+            if let Some(n) = netns {
+                let ns = std::fs::File::open(format!("/run/netns/{n}")).ok()?;
+                nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).ok()?;
+            }
+            TcpStream::connect(addr).ok()
+        })
+        .join()
+        .ok()
+        .flatten()
+        .is_some();
+        // A listener whose namespace is gone cannot be woken: it is left to
+        // the process's end rather than waited for.
+        if let Some(h) = self.acceptor.lock().unwrap().take().filter(|_| woke) {
             let _ = h.join();
         }
         self.cut();
@@ -262,7 +300,7 @@ impl FakeApi {
         }
         let deadline = Instant::now() + Duration::from_secs(5);
         let listener = loop {
-            match TcpListener::bind(self.addr) {
+            match bind_in(self.netns.as_deref(), self.addr) {
                 Ok(l) => break l,
                 Err(e) if Instant::now() > deadline => panic!("fakeapi: rebind {}: {e}", self.addr),
                 Err(_) => thread::sleep(Duration::from_millis(20)),

@@ -1,0 +1,150 @@
+//! The agent following a Kubernetes cluster, for real: three nodes of the
+//! multi-node harness, each running `ebpfcni-agent run` against a fake API
+//! server (tests/common/fakeapi.rs) reached over the underlay. Nodes
+//! joining and leaving change reachability; pods' labels, named ports and
+//! NetworkPolicies change verdicts across nodes; the server cut keeps the
+//! verdicts (fail static) and the agents resync when it returns; the
+//! metrics report the drops the test caused.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::IpAddr;
+use std::time::Duration;
+
+use common::cluster::{pings, tcp_source, within, Cluster, Servers, SERVE_PORT};
+use common::fakeapi::{namespace, network_policy, pod};
+use common::privileged;
+use serde_json::json;
+
+const LIMIT: Duration = Duration::from_secs(2);
+
+fn ip4(p: &common::Pod) -> IpAddr {
+    p.ip(4)
+}
+
+/// Registers every pod of the cluster in the API: namespace "shop", label
+/// app=<node><pod> (n1a …), role as given, a container port named "web".
+fn register_pods(c: &Cluster, role_of: &dyn Fn(usize, usize) -> &'static str, web_port: u16) {
+    let api = c.api.as_ref().unwrap();
+    for (i, pods) in c.pods.iter().enumerate() {
+        for (j, p) in pods.iter().enumerate() {
+            let name = format!("n{}{}", i + 1, ["a", "b"][j]);
+            let labels = json!({"app": name, "role": role_of(i, j)});
+            api.apply(pod("shop", &name, labels, &ip4(p).to_string(), &c.nodes[i].name, &[("web", "TCP", web_port)]));
+        }
+    }
+}
+
+fn tcp_ok(c: &Cluster, from: (usize, usize), to: (usize, usize)) -> bool {
+    let (client, server) = (&c.pods[from.0][from.1], &c.pods[to.0][to.1]);
+    tcp_source(client, ip4(server), Duration::from_millis(400)).is_some()
+}
+
+fn assert_within(what: &str, mut f: impl FnMut() -> bool) {
+    let took = within(LIMIT, &mut f);
+    assert!(took.is_some(), "{what}: not within {LIMIT:?}");
+}
+
+/// The metrics of node `i`'s agent (it serves inside the node's namespace).
+fn metrics(c: &Cluster, i: usize) -> String {
+    let log = std::fs::read_to_string(&c.nodes[i].log).unwrap_or_default();
+    let addr = log
+        .lines()
+        .find_map(|l| l.strip_prefix("serving metrics on http://"))
+        .map(|a| a.trim_end_matches("/metrics").to_string())
+        .unwrap_or_else(|| panic!("node {i}'s agent serves no metrics: {log}"));
+    c.nodes[i].node.run_in(move || {
+        let mut s = std::net::TcpStream::connect(&addr).expect("connect to metrics");
+        write!(s, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    })
+}
+
+fn policy_drops(text: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with("ebpfcni_drops_total{") && l.contains("reason=\"policy\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn mnk17_agents_follow_nodes_pods_and_policies_across_nodes() {
+    if !privileged() {
+        return;
+    }
+    let c = Cluster::with_api("mnk17", 60, 3, "vxlan", json!({}));
+    let api = c.api.as_ref().unwrap();
+    api.apply(namespace("shop", json!({"team": "shop"})));
+    let pods: Vec<&common::Pod> = c.pods.iter().flatten().collect();
+    let _servers = Servers::start(&pods);
+
+    // Every node knows every other from the API: pods reach across nodes.
+    assert!(pings(&c.pods[0][0], ip4(&c.pods[2][0])), "n1a cannot reach n3a through the API's nodes");
+
+    // A node leaving the cluster loses its route; coming back, it is reachable.
+    c.write_peers(&[0, 1]);
+    assert_within("node 3 gone", || !pings(&c.pods[0][0], ip4(&c.pods[2][0])));
+    c.write_peers(&[0, 1, 2]);
+    assert_within("node 3 back", || pings(&c.pods[0][0], ip4(&c.pods[2][0])));
+
+    // n3a is the database: only role=client pods may reach its web port.
+    register_pods(&c, &|i, j| if (i, j) == (0, 0) { "client" } else { "other" }, SERVE_PORT);
+    let before = policy_drops(&metrics(&c, 2));
+    api.apply(network_policy(
+        "shop",
+        "db",
+        json!({
+            "podSelector": {"matchLabels": {"app": "n3a"}},
+            "policyTypes": ["Ingress"],
+            "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": "client"}}}],
+                         "ports": [{"protocol": "TCP", "port": "web"}]}],
+        }),
+    ));
+    assert_within("n2a refused by the new policy", || !tcp_ok(&c, (1, 0), (2, 0)));
+    assert!(tcp_ok(&c, (0, 0), (2, 0)), "the client on node 1 is refused");
+    assert!(!pings(&c.pods[0][0], ip4(&c.pods[2][0])), "ICMP passes a TCP-only policy");
+
+    // A pod on node 2 relabelled client is let in.
+    register_pods(&c, &|i, j| if i == 1 && j == 0 || (i, j) == (0, 0) { "client" } else { "other" }, SERVE_PORT);
+    assert_within("n2a relabelled client", || tcp_ok(&c, (1, 0), (2, 0)));
+
+    // The named port moves with its container: 7000 is no longer "web".
+    register_pods(&c, &|i, j| if i == 1 && j == 0 || (i, j) == (0, 0) { "client" } else { "other" }, SERVE_PORT + 10);
+    assert_within("web moved off 7000", || !tcp_ok(&c, (0, 0), (2, 0)));
+    register_pods(&c, &|i, j| if i == 1 && j == 0 || (i, j) == (0, 0) { "client" } else { "other" }, SERVE_PORT);
+    assert_within("web back on 7000", || tcp_ok(&c, (0, 0), (2, 0)));
+
+    // The namespace's pods only, by namespace label: another team is refused.
+    api.apply(network_policy(
+        "shop",
+        "db",
+        json!({
+            "podSelector": {"matchLabels": {"app": "n3a"}},
+            "policyTypes": ["Ingress"],
+            "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"team": "shop"}}}]}],
+        }),
+    ));
+    assert_within("same team allowed", || tcp_ok(&c, (1, 1), (2, 0)));
+    api.apply(namespace("shop", json!({"team": "other"})));
+    assert_within("namespace relabelled: refused", || !tcp_ok(&c, (1, 1), (2, 0)));
+
+    // The drops were counted where they happened.
+    let after = policy_drops(&metrics(&c, 2));
+    assert!(after > before, "node 3's metrics count no policy drop ({before} -> {after})");
+
+    // The API server goes away: the policy deleted meanwhile stays in force.
+    api.down();
+    api.delete("NetworkPolicy", "shop", "db");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!tcp_ok(&c, (1, 1), (2, 0)), "verdicts changed while the API server was unreachable");
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(c.nodes[2].template.with_file_name("kubernetes.json")).unwrap()).unwrap();
+    assert!(state["kubernetes"]["unreachable_since"].is_number(), "the agent does not say since when: {state}");
+    // Back: the agents resync and the deletion takes effect.
+    api.up();
+    let back = within(Duration::from_secs(20), || tcp_ok(&c, (1, 1), (2, 0)));
+    assert!(back.is_some(), "the agents did not resync after the API server came back");
+}
