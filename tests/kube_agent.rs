@@ -7,29 +7,12 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::fakeapi::{self, FakeApi};
 use common::*;
 use serde_json::json;
-
-struct Agent(Child);
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn scrape(addr: &str) -> String {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(s, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}
 
 fn sample(text: &str, key: &str) -> Option<f64> {
     text.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| v.trim().parse().ok())
@@ -101,7 +84,7 @@ fn policies_follow_the_cluster_and_stay_when_it_is_gone() {
         .unwrap();
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let _agent = Agent(child);
+    let _agent = KillOnDrop(child);
     let addr = line.trim().trim_start_matches("serving metrics on http://").trim_end_matches("/metrics").to_string();
 
     // Synced, no policy: traffic flows; the node list is written.
@@ -281,7 +264,7 @@ fn named_ports_follow_the_containers() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let _agent = Agent(child);
+    let _agent = KillOnDrop(child);
     let _listeners = Listeners::start(&b, &[7070, 7071]);
     until_tcp(&a, &b, 7071, false, Duration::from_secs(20), "isolated by the policy");
     until_tcp(&a, &b, 7070, true, Duration::from_secs(2), "the named port");

@@ -8,7 +8,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -54,13 +53,7 @@ fn metrics(c: &Cluster, i: usize) -> String {
         .find_map(|l| l.strip_prefix("serving metrics on http://"))
         .map(|a| a.trim_end_matches("/metrics").to_string())
         .unwrap_or_else(|| panic!("node {i}'s agent serves no metrics: {log}"));
-    c.nodes[i].node.run_in(move || {
-        let mut s = std::net::TcpStream::connect(&addr).expect("connect to metrics");
-        write!(s, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        out
-    })
+    c.nodes[i].node.run_in(move || common::scrape(&addr))
 }
 
 fn policy_drops(text: &str) -> f64 {

@@ -3,30 +3,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Child, Command, Stdio};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
 
 use common::*;
 use serde_json::json;
-
-/// The metrics server, stopped however the test ends.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn scrape(addr: &str) -> String {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(s, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-    out
-}
 
 /// The value of the sample `name{labels}` (labels in the order written).
 fn sample(text: &str, name: &str, labels: &str) -> Option<f64> {
@@ -52,7 +33,7 @@ fn policy_drop_is_counted_at_the_endpoint() {
         .unwrap();
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let server = Server(child);
+    let server = KillOnDrop(child);
     let addr = line.trim().strip_prefix("serving metrics on http://").and_then(|s| s.strip_suffix("/metrics"));
     let addr = addr.unwrap_or_else(|| panic!("no address in {line:?}")).to_string();
 

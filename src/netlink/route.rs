@@ -8,7 +8,7 @@ use neli::{
         nl::NlmF,
         rtnl::{RtScope, RtTable, Rta, Rtm, Rtn, Rtprot},
     },
-    rtnl::{RtattrBuilder, RtmsgBuilder},
+    rtnl::{RtattrBuilder, Rtmsg, RtmsgBuilder},
     types::{Buffer, RtBuffer},
     Size, ToBytes,
 };
@@ -110,8 +110,8 @@ impl Netlink {
         }
     }
 
-    /// The main-table routes installed with routing protocol `proto`.
-    pub fn routes_of_protocol(&self, proto: u8) -> Result<Vec<OwnedRoute>> {
+    /// Every route of the main table, as the kernel dumps it.
+    fn main_table(&self) -> Result<Vec<Rtmsg>> {
         let msg = RtmsgBuilder::default()
             .rtm_family(neli::consts::rtnl::RtAddrFamily::Unspecified)
             .rtm_dst_len(0)
@@ -124,8 +124,13 @@ impl Netlink {
             .build()
             .map_err(|e| anyhow!("build rtmsg: {e}"))?;
         let all = self.query(Rtm::Getroute, NlmF::DUMP, msg).context("list routes")?;
+        Ok(all.into_iter().filter(|m| *m.rtm_table() == RtTable::Main).collect())
+    }
+
+    /// The main-table routes installed with routing protocol `proto`.
+    pub fn routes_of_protocol(&self, proto: u8) -> Result<Vec<OwnedRoute>> {
         let mut out = Vec::new();
-        for m in all.iter().filter(|m| *m.rtm_table() == RtTable::Main) {
+        for m in &self.main_table()? {
             if u8::from(*m.rtm_protocol()) != proto {
                 continue;
             }
@@ -147,20 +152,8 @@ impl Netlink {
 
     /// Every main-table route: (destination, gateway, outgoing link).
     pub fn all_routes(&self) -> Result<Vec<(Cidr, Option<IpAddr>, u32)>> {
-        let msg = RtmsgBuilder::default()
-            .rtm_family(neli::consts::rtnl::RtAddrFamily::Unspecified)
-            .rtm_dst_len(0)
-            .rtm_src_len(0)
-            .rtm_tos(0)
-            .rtm_table(RtTable::Unspec)
-            .rtm_protocol(Rtprot::Unspec)
-            .rtm_scope(RtScope::Universe)
-            .rtm_type(Rtn::Unspec)
-            .build()
-            .map_err(|e| anyhow!("build rtmsg: {e}"))?;
-        let all = self.query(Rtm::Getroute, NlmF::DUMP, msg).context("list routes")?;
         let mut out = Vec::new();
-        for m in all.iter().filter(|m| *m.rtm_table() == RtTable::Main) {
+        for m in &self.main_table()? {
             let attrs = m.rtattrs().get_attr_handle();
             let oif = attrs.get_attr_payload_as::<u32>(Rta::Oif).unwrap_or(0);
             let any = if *m.rtm_family() == neli::consts::rtnl::RtAddrFamily::Inet6 {

@@ -547,3 +547,23 @@ pub fn neighbour_advert_frame(src_mac: [u8; 6], target: std::net::Ipv6Addr) -> V
     icmp[8..24].copy_from_slice(&target.octets());
     f
 }
+
+/// A child process (an agent, a server) killed and reaped however the test ends.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `GET /metrics` from `addr` (host:port), the whole HTTP response.
+pub fn scrape(addr: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect to metrics at {addr}: {e}"));
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    out
+}
