@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds the ebpfcni image with podman from deploy/Containerfile, without
 # network access: the release binaries of this repository (ebpfcni, the
-# plugin and CLI; ebpfcni-agent, beside it) and the shared libraries they
-# link, copied from this machine's Debian packages.
+# plugin and CLI; ebpfcni-agent, beside it), Debian's nft, and the shared
+# libraries they link, copied from this machine's Debian packages.
 #   deploy/build-image.sh [--binary PATH/ebpfcni] [--tag TAG]
 # Default tag: localhost/ebpfcni:<version>. Push it where the cluster pulls
 # from (podman push TAG REGISTRY/ebpfcni:<version>) and set `image:` in
@@ -36,8 +36,12 @@ trap 'rm -rf "$ctx"' EXIT
 mkdir -p "$ctx/rootfs"
 install -m 0755 "$binary" "$ctx/rootfs/ebpfcni"
 install -m 0755 "$agent" "$ctx/rootfs/ebpfcni-agent"
+# nft: the agent keeps the node's `inet ebpfcni` table with it.
+nft=$(command -v nft || echo /usr/sbin/nft)
+[[ -x "$nft" ]] || { echo "build-image: nft missing (scripts/deps.sh installs nftables)" >&2; exit 1; }
+install -D -m 0755 "$nft" "$ctx/rootfs/usr/sbin/nft"
 # Every library the dynamic loader resolves for the binaries, and the loader.
-for lib in $( (ldd "$binary"; ldd "$agent") | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}' | sort -u); do
+for lib in $( (ldd "$binary"; ldd "$agent"; ldd "$nft") | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}' | sort -u); do
     mkdir -p "$ctx/rootfs$(dirname "$lib")"
     cp -L "$lib" "$ctx/rootfs$lib"
 done

@@ -8,7 +8,9 @@
 #   kernel matrix (tests/kernels.rs): qemu-system-x86, busybox-static, cpio,
 #               xz-utils, zstd, debian-archive-keyring (Debian's cloud kernels
 #               are fetched by tests/kernel/fetch.sh with a private apt state)
-#   image (tests/deploy.rs): podman, runc (this sandbox's cgroups defeat crun)
+#   image (tests/deploy.rs): podman, runc (this sandbox's cgroups defeat crun);
+#               socat and openssl: the TLS front of the fake API server that
+#               the DaemonSet's pod reaches with its service account
 #   manifests (tests/deploy.rs): kubernetes-validate from PyPI (Kubernetes'
 #               own schemas, shipped in the package; PyYAML comes with it)
 set -euo pipefail
@@ -16,7 +18,7 @@ set -euo pipefail
 PACKAGES=(clang llvm make gcc pkg-config libelf-dev zlib1g-dev
           iproute2 iputils-ping bpftool containernetworking-plugins iptables nftables python3-scapy
           qemu-system-x86 busybox-static cpio xz-utils zstd debian-archive-keyring
-          podman runc)
+          podman runc socat openssl)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -16,19 +16,8 @@ use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use serde_json::Value;
 
-const MANIFEST: &str = "deploy/ebpfcni.yaml";
-
-/// A tool these tests need: missing, the test skips loudly, or fails under CI=true.
-fn have(tool: &str, probe: &[&str]) -> bool {
-    if Command::new(tool).args(probe).output().is_ok_and(|o| o.status.success()) {
-        return true;
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{tool} is missing: scripts/deps.sh installs it (CI=true forbids skipping)");
-    }
-    eprintln!("\n*** SKIPPED: {tool} is not installed (scripts/deps.sh) ***\n");
-    false
-}
+use common::daemonset::{documents, podman, Image, MANIFEST, PODMAN_LIMITS};
+use common::have;
 
 fn validate(path: &str) -> std::process::Output {
     Command::new("kubernetes-validate").args(["--strict", "--kubernetes-version", "1.33.0", path]).output().unwrap()
@@ -54,20 +43,6 @@ fn manifests_validate_strictly() {
     let out = validate(bad.to_str().unwrap());
     let _ = std::fs::remove_dir_all(&dir);
     assert!(!out.status.success(), "a misspelt field passed: {}", String::from_utf8_lossy(&out.stdout));
-}
-
-/// The manifest's documents as JSON (PyYAML, which kubernetes-validate brings).
-fn documents() -> Vec<Value> {
-    let out = Command::new("python3")
-        .args([
-            "-c",
-            "import json, sys, yaml; json.dump([d for d in yaml.safe_load_all(open(sys.argv[1])) if d], sys.stdout)",
-        ])
-        .arg(MANIFEST)
-        .output()
-        .expect("run python3");
-    assert!(out.status.success(), "read {MANIFEST}: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 fn one<T: serde::de::DeserializeOwned>(docs: &[Value], kind: &str) -> T {
@@ -142,7 +117,20 @@ fn manifests_decode_and_say_what_they_must() {
     assert_eq!(added, ["BPF", "NET_ADMIN", "NET_RAW", "PERFMON", "SYS_ADMIN"]);
 
     // The conflist the init container installs is one ebpfcni accepts.
-    let conflist = &config.data.unwrap()["10-ebpfcni.conflist"];
+    // The agent runs the node agent on the ConfigMap's template, for this node.
+    let args = agent.command.clone().unwrap();
+    for a in ["--node-name=$(NODE_NAME)", "--template=/etc/ebpfcni/10-ebpfcni.conflist", "--cni-conf=/etc/cni/net.d"] {
+        assert!(args.iter().any(|x| x == a), "agent lacks {a}: {args:?}");
+    }
+
+    // The ConfigMap holds a template: no ranges (each node's come from its
+    // Node); given one, it is a conflist ebpfcni accepts.
+    let template: Value = serde_json::from_str(&config.data.unwrap()["10-ebpfcni.conflist"]).unwrap();
+    let ours = &template["plugins"][0];
+    assert!(ours.get("subnet").is_none() && ours.get("ipam").is_none() && ours.get("mtu").is_none(), "{ours}");
+    let mut conflist = template.clone();
+    conflist["plugins"][0]["subnet"] = "10.244.7.0/24".into();
+    let conflist = conflist.to_string();
     let dir = std::env::temp_dir().join(format!("ebpfcni-k17-conflist-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("in.conflist"), conflist).unwrap();
@@ -157,40 +145,25 @@ fn manifests_decode_and_say_what_they_must() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
-/// Removes the test's image however the test ends.
-struct Image(String);
-
-impl Drop for Image {
-    fn drop(&mut self) {
-        let _ = Command::new("podman").args(["rmi", "-f", &self.0]).output();
-    }
-}
-
 #[test]
 fn image_builds_and_runs_version() {
     if !common::privileged() || !have("podman", &["--version"]) {
         return;
     }
-    let tag = format!("localhost/ebpfcni-k17-test:{}", std::process::id());
-    let image = Image(tag.clone());
-    let out = Command::new("deploy/build-image.sh").args(["--binary", BIN, "--tag", &tag]).output().unwrap();
-    assert!(out.status.success(), "build: {}", String::from_utf8_lossy(&out.stderr));
-    // runc, and limits within this machine's: its sandbox refuses crun's
-    // hybrid-cgroup setup and podman's default rlimits.
-    let out = Command::new("podman")
-        .args(["--runtime", "runc", "run", "--rm", "--network", "none"])
-        .args(["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024", &image.0, "version"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "run: {}", String::from_utf8_lossy(&out.stderr));
-    let text = String::from_utf8_lossy(&out.stdout);
+    let image = Image::build(&format!("localhost/ebpfcni-k17-test:{}", std::process::id()));
+    let run = |entrypoint: &str, arg: &str| {
+        let out = podman()
+            .args(["run", "--rm", "--network", "none", "--entrypoint", entrypoint])
+            .args(PODMAN_LIMITS)
+            .args([&image.0, arg])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "run {entrypoint}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let text = run("/ebpfcni", "version");
     assert!(text.starts_with(&format!("ebpfcni {}", env!("CARGO_PKG_VERSION"))), "{text}");
-    // The agent's binary is in it too.
-    let out = Command::new("podman")
-        .args(["--runtime", "runc", "run", "--rm", "--network", "none", "--entrypoint", "/ebpfcni-agent"])
-        .args(["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024", &image.0, "version"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "run the agent: {}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).starts_with("ebpfcni-agent "));
+    // The agent's binary is in it too, and the nft it runs.
+    assert!(run("/ebpfcni-agent", "version").starts_with("ebpfcni-agent "));
+    assert!(run("/usr/sbin/nft", "--version").starts_with("nftables v"));
 }

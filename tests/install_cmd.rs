@@ -1,8 +1,8 @@
 //! `ebpfcni install` (and `ebpfcni-agent install --node-name`, the
 //! DaemonSet's init container): the binary and the conflist land in the
 //! CNI directories; an older ebpfcni conflist is replaced in place under
-//! its own name; another plugin's file is never written over; the node's
-//! pod CIDRs from the API server become the IPAM ranges.
+//! its own name; another plugin's file is never written over; with
+//! `--node-name` the conflist is completed for the Node as the agent does.
 
 mod common;
 
@@ -120,24 +120,78 @@ fn never_writes_over_another_plugins_file() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("ebpfcni-agent install"), "{out:?}");
 }
 
+/// A node: a network namespace whose link `uplink` (MTU 9000) holds
+/// 192.0.2.11, its InternalIP; the API server listens there too.
+struct NodeNs(&'static str);
+
+impl NodeNs {
+    fn new() -> NodeNs {
+        let ns = "ebk17-install";
+        let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        let c = format!(
+            "ip netns add {ns} && ip -n {ns} link add uplink mtu 9000 type veth peer name uplink-p mtu 9000 && \
+             ip -n {ns} addr add 192.0.2.11/24 dev uplink && ip -n {ns} link set uplink up && \
+             ip -n {ns} link set uplink-p up && ip -n {ns} link set lo up"
+        );
+        assert!(Command::new("sh").arg("-c").arg(&c).status().unwrap().success(), "{c}");
+        NodeNs(ns)
+    }
+
+    fn install(&self, d: &Dirs, extra: &[&str]) -> Output {
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.0))
+            .arg(AGENT_BIN)
+            .arg("install")
+            .arg("--bin-dir")
+            .arg(d.bin())
+            .arg("--conf-dir")
+            .arg(d.conf())
+            .args(["--cni-path", "/usr/lib/cni"])
+            .args(extra)
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for NodeNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", self.0]).output();
+    }
+}
+
 #[test]
-fn node_pod_cidrs_become_the_ranges() {
-    let api = FakeApi::start();
+fn the_conflist_is_completed_for_the_node_as_the_agent_does() {
+    if !common::privileged() {
+        return;
+    }
+    let node = NodeNs::new();
+    let api = FakeApi::start_in(node.0, "192.0.2.11");
     api.apply(fakeapi::node("k17-a", &["10.251.242.0/24", "fd00:251:242::/64"], "192.0.2.11"));
+    api.apply(fakeapi::node("k17-far", &["10.251.243.0/24"], "198.51.100.7"));
     let d = Dirs::new("node");
     let kc = api.kubeconfig(&d.root);
     let kc = kc.to_str().unwrap();
     // The agent's binary installs the plugin's binary beside it.
-    ok(d.install(AGENT_BIN, &["--node-name", "k17-a", "--kubeconfig", kc]));
+    ok(node.install(&d, &["--node-name", "k17-a", "--kubeconfig", kc]));
     assert_eq!(std::fs::read(d.bin().join("ebpfcni")).unwrap(), std::fs::read(BIN).unwrap());
     let conf = read(&d.conf().join("10-ebpfcni.conflist"));
-    let ipam = &conf["plugins"][0]["ipam"];
-    assert_eq!(ipam["ranges"], json!([[{"subnet": "10.251.242.0/24"}], [{"subnet": "fd00:251:242::/64"}]]));
-    assert_eq!(ipam["routes"], json!([{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]));
+    let ours = &conf["plugins"][0];
+    // The node's ranges, VXLAN (the template's routing) over its
+    // InternalIP's link: 9000 less the 50 bytes of VXLAN over IPv4.
+    assert_eq!(ours["ipam"]["ranges"], json!([[{"subnet": "10.251.242.0/24"}], [{"subnet": "fd00:251:242::/64"}]]));
+    assert_eq!((ours["routing"].as_str(), ours["mtu"].as_u64()), (Some("vxlan"), Some(8950)), "{conf}");
+    // Written in a version the chained portmap speaks.
+    assert_eq!(conf["cniVersion"], "1.0.0");
+    // A node whose InternalIP is not this host's: an error, nothing written.
+    let d2 = Dirs::new("node-far");
+    let out = node.install(&d2, &["--node-name", "k17-far", "--kubeconfig", kc]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("198.51.100.7 is none of its addresses"), "{out:?}");
+    assert!(d2.files().is_empty() && !d2.bin().join("ebpfcni").exists());
     // A node the API server does not know: an error, nothing written.
-    let d2 = Dirs::new("node-missing");
-    let out = d2.install(AGENT_BIN, &["--node-name", "k17-nope", "--kubeconfig", kc]);
+    let d3 = Dirs::new("node-missing");
+    let out = node.install(&d3, &["--node-name", "k17-nope", "--kubeconfig", kc]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("get node k17-nope"), "{out:?}");
-    assert!(d2.files().is_empty());
+    assert!(d3.files().is_empty());
 }

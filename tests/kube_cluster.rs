@@ -4,7 +4,9 @@
 //! joining and leaving change reachability; pods' labels, named ports and
 //! NetworkPolicies change verdicts across nodes; the server cut keeps the
 //! verdicts (fail static) and the agents resync when it returns; the
-//! metrics report the drops the test caused.
+//! metrics report the drops the test caused. And the same agents run as
+//! deploy/ebpfcni.yaml's DaemonSet pods (podman, exactly the manifest's
+//! containers, in-cluster over TLS with a service account).
 
 mod common;
 
@@ -47,7 +49,7 @@ fn assert_within(what: &str, mut f: impl FnMut() -> bool) {
 
 /// The metrics of node `i`'s agent (it serves inside the node's namespace).
 fn metrics(c: &Cluster, i: usize) -> String {
-    let log = std::fs::read_to_string(&c.nodes[i].log).unwrap_or_default();
+    let log = c.nodes[i].agent_log();
     let addr = log
         .lines()
         .find_map(|l| l.strip_prefix("serving metrics on http://"))
@@ -146,4 +148,88 @@ fn mnk17_agents_follow_nodes_pods_and_policies_across_nodes() {
     api.up();
     let back = within(Duration::from_secs(20), || tcp_ok(&c, (1, 1), (2, 0)));
     assert!(back.is_some(), "the agents did not resync after the API server came back");
+}
+
+/// The DaemonSet of deploy/ebpfcni.yaml on two nodes (tests/common/daemonset.rs):
+/// the init container installs the binaries and the conflist completed for
+/// its node, the agent container (its capabilities only, /proc/sys
+/// read-only but the host's /proc/sys/net mounted) programs the node
+/// in-cluster, through the service account over TLS; the plugin's pods
+/// reach across nodes, the readiness probe passes, a NetworkPolicy takes
+/// effect, and a rolling update (SIGTERM, a new pod) keeps traffic flowing.
+#[test]
+fn mnds_the_daemonset_runs_the_agent_in_cluster_and_policy_takes_effect() {
+    if !privileged() || !common::have("podman", &["--version"]) || !common::have("socat", &["-V"]) {
+        return;
+    }
+    let c = Cluster::with_daemonset("mnds", 54, 2, "vxlan");
+    let api = c.api.as_ref().unwrap();
+    for n in &c.nodes {
+        // The conflist the init container wrote is the one the agent keeps:
+        // completed for the node, in the version the chained portmap speaks.
+        let written: serde_json::Value = serde_json::from_slice(&std::fs::read(&n.cni_conf).unwrap()).unwrap();
+        let ours = &written["plugins"][0];
+        assert_eq!(ours["subnet"], n.node.subnet.as_str(), "{written}");
+        assert_eq!((ours["routing"].as_str(), ours["mtu"].as_u64()), (Some("vxlan"), Some(1450)), "{written}");
+        assert_eq!(written["cniVersion"], "1.0.0", "not negotiated with portmap: {written}");
+        assert_eq!(written["plugins"][1]["type"], "portmap");
+        let dir = n.cni_conf.parent().unwrap();
+        let files: Vec<_> = std::fs::read_dir(dir).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert_eq!(files.len(), 1, "{files:?}");
+        let pod = n.pod.as_ref().unwrap();
+        assert!(pod.mounts.dir.join("opt-cni-bin/ebpfcni").exists(), "the init container installed no plugin");
+        // Programmed from inside the container: forwarding on (through the
+        // mounted /proc/sys/net; the node started with it off), the VXLAN
+        // device, the peer's tunnel entry.
+        assert_eq!(n.node.sh_ok("cat /proc/sys/net/ipv4/ip_forward").trim(), "1");
+        assert!(n.node.sh("ip link show ebpfcni-vxlan").status.success());
+        assert_eq!(n.status()["agent"]["peers"].as_array().map(Vec::len), Some(1), "{}", n.status());
+        // The readiness probe, run as a kubelet runs it.
+        let probe = pod.probe();
+        assert!(probe.status.success(), "readiness: {}", String::from_utf8_lossy(&probe.stdout));
+    }
+    // Only the service account's token is answered, and it was presented.
+    assert!(api.requests().iter().any(|r| r.contains("watch=true")), "{:?}", api.requests());
+    let unauthorized = std::process::Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", c.nodes[0].node.ns))
+        .args(["kubectl", "--insecure-skip-tls-verify", "--token", "not-the-token"])
+        .arg(format!("--server=https://10.248.0.254:{}", c.tls.as_ref().unwrap().port))
+        .args(["get", "nodes"])
+        .output()
+        .unwrap();
+    assert!(!unauthorized.status.success(), "a wrong token was answered");
+
+    let pods: Vec<&common::Pod> = c.pods.iter().flatten().collect();
+    let _servers = Servers::start(&pods);
+    assert!(pings(&c.pods[0][0], ip4(&c.pods[1][0])), "n1a cannot reach n2a");
+    assert!(tcp_ok(&c, (1, 1), (0, 1)), "n2b cannot reach n1b over TCP");
+
+    // A NetworkPolicy from the API isolates n2a to role=client.
+    api.apply(namespace("shop", json!({})));
+    register_pods(&c, &|i, j| if (i, j) == (0, 0) { "client" } else { "other" }, SERVE_PORT);
+    let before = all_policy_drops(&c);
+    api.apply(network_policy(
+        "shop",
+        "db",
+        json!({
+            "podSelector": {"matchLabels": {"app": "n2a"}},
+            "policyTypes": ["Ingress"],
+            "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": "client"}}}]}],
+        }),
+    ));
+    assert_within("n1b refused by the policy", || !tcp_ok(&c, (0, 1), (1, 0)));
+    assert!(tcp_ok(&c, (0, 0), (1, 0)), "the client is refused");
+    // The pods' metrics endpoints (127.0.0.1:9476 on each node) count it.
+    assert!(all_policy_drops(&c) > before, "no agent's metrics count the refused connection");
+
+    // A rolling update: the old pod goes (SIGTERM: exit 0), traffic flows
+    // meanwhile, the new one takes the node over with nothing to change.
+    let n = &c.nodes[1];
+    assert!(n.stop_agent("TERM"), "the agent container did not exit 0 on SIGTERM:\n{}", n.agent_log());
+    assert!(tcp_ok(&c, (0, 0), (1, 0)) && !tcp_ok(&c, (0, 1), (1, 0)), "verdicts changed without an agent");
+    let since = common::cluster::now_secs();
+    n.start_agent();
+    n.wait_ready(since);
+    assert_eq!(n.state()["last_reconcile"]["changes"], 0, "{}", n.agent_log());
+    assert!(pings(&c.pods[1][1], ip4(&c.pods[0][1])), "n2b cannot reach n1b after the update");
 }

@@ -245,3 +245,26 @@ fn status_reports_readiness() {
     assert_eq!(err["code"], 50);
     assert!(err["msg"].as_str().unwrap().contains("bpf filesystem"), "{err}");
 }
+
+/// A network the node agent manages (`routing`) takes no pod before the
+/// agent has programmed the node: ADD answers 11 (try again later, the
+/// runtime retries) and leaves nothing; STATUS says why.
+#[test]
+fn add_waits_for_the_agent_on_a_network_it_manages() {
+    if !privileged() {
+        return;
+    }
+    let mut net = TestNet::new("agentwait", 247, json!({"cniVersion": "1.1.0", "routing": "vxlan"}));
+    let netns = net.new_netns("a");
+    let container_id = format!("{}-a-0123456789", net.name);
+    let out = net.cni("ADD", &net.conf, &container_id, Some(&format!("/run/netns/{netns}")), "eth0");
+    let err = error_json(&out);
+    assert_eq!(err["code"], 11, "{err}");
+    assert!(err["msg"].as_str().unwrap().contains("agent has not programmed the node"), "{err}");
+    assert!(net.lease_files().is_empty(), "{:?}", net.lease_files());
+    assert!(!link_exists(&host_veth_of(&container_id)), "a host veth was left");
+    assert!(!netns_sh(&netns, "ip -o link show").contains("eth0"), "the pod got an interface");
+    let err = error_json(&net.cni("STATUS", &net.conf, "", None, ""));
+    assert_eq!(err["code"], 50);
+    assert!(err["msg"].as_str().unwrap().contains("agent has not programmed"), "{err}");
+}

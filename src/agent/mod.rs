@@ -17,9 +17,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Result;
 
-pub use reconcile::{Options, Reconciler, ROUTE_PROTOCOL, VXLAN_DEVICE};
+pub use reconcile::{complete_for_node, Options, Reconciler, ROUTE_PROTOCOL, VXLAN_DEVICE};
 pub use state::{AgentState, LastReconcile};
-pub use view::{ClusterView, FileSource, PeerSource};
+pub use view::{ClusterView, FileSource, NodeInfo, PeerSource};
 
 static STOP: AtomicBool = AtomicBool::new(false);
 

@@ -28,8 +28,12 @@ pub struct Options {
     /// The CNI config to complete: a conflist or a single config whose
     /// ebpfcni entry may leave out subnet and mtu.
     pub template: PathBuf,
-    /// Where the completed config goes (the runtime's conf dir).
+    /// Where the completed config goes: a file, or the runtime's conf dir
+    /// (then ebpfcni's conflist there, replaced in place, as `install` does).
     pub cni_conf: PathBuf,
+    /// Where chained plugins are found: a conflist is written in the
+    /// highest CNI version they all speak (as `install` writes it).
+    pub cni_path: String,
 }
 
 /// What one reconcile did and found.
@@ -74,18 +78,24 @@ fn connected_link(nl: &Netlink, ip: IpAddr) -> Result<Option<u32>> {
     Ok(None)
 }
 
-/// Writes `doc` to `path` when it differs from what is there (atomic).
-fn write_conf(path: &Path, doc: &Value) -> Result<bool> {
-    let text = serde_json::to_string_pretty(doc)? + "\n";
-    if std::fs::read_to_string(path).is_ok_and(|t| t == text) {
+/// Writes `text` to `path` when it differs from what is there (atomic).
+fn write_conf(path: &Path, text: &[u8]) -> Result<bool> {
+    if std::fs::read(path).is_ok_and(|t| t == text) {
         return Ok(false);
     }
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-    let tmp = dir.join(format!(".{}.tmp", path.file_name().unwrap_or_default().to_string_lossy()));
-    std::fs::write(&tmp, &text).with_context(|| format!("write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("write {}", path.display()))?;
+    crate::cli::install::replace(path, text, 0o644)?;
     Ok(true)
+}
+
+/// Completes the template `doc` for node `me` as every reconcile does:
+/// what `ebpfcni-agent install --node-name` writes, so that the agent
+/// later finds the same file.
+pub fn complete_for_node(doc: &mut Value, me: &NodeInfo) -> Result<()> {
+    let own_ip = me.internal_ip.ok_or_else(|| anyhow!("node {} has no InternalIP", me.name))?;
+    let (_, underlay_mtu, _) = underlay_link(&Netlink::connect()?, own_ip)?;
+    complete(doc, me, underlay_mtu, own_ip.is_ipv4()).map(|_| ())
 }
 
 /// The template completed for one node.
@@ -143,11 +153,38 @@ fn complete(doc: &mut Value, me: &NodeInfo, underlay_mtu: u32, underlay_v4: bool
 pub struct Reconciler {
     pub opts: Options,
     nl: Netlink,
+    /// The last completed config and the text it is written as: the
+    /// version check runs chained plugins, so only when it changes.
+    written: Option<(Value, Vec<u8>)>,
 }
 
 impl Reconciler {
     pub fn new(opts: Options) -> Result<Self> {
-        Ok(Reconciler { opts, nl: Netlink::connect()? })
+        Ok(Reconciler { opts, nl: Netlink::connect()?, written: None })
+    }
+
+    /// The completed config as it is written.
+    fn conf_text(&mut self, doc: &Value) -> Result<Vec<u8>> {
+        if let Some((seen, text)) = &self.written {
+            if seen == doc {
+                return Ok(text.clone());
+            }
+        }
+        let text = if doc.get("plugins").is_some() {
+            crate::cli::conflist::checked(doc.clone(), &self.opts.cni_path)?.0
+        } else {
+            (serde_json::to_string_pretty(doc)? + "\n").into_bytes()
+        };
+        self.written = Some((doc.clone(), text.clone()));
+        Ok(text)
+    }
+
+    /// Where the config goes (in a directory: ebpfcni's conflist there).
+    fn conf_path(&self) -> Result<PathBuf> {
+        if self.opts.cni_conf.is_dir() {
+            return crate::cli::install::target(&self.opts.cni_conf);
+        }
+        Ok(self.opts.cni_conf.clone())
     }
 
     /// Brings the node in line with `desired`. Peers that cannot be
@@ -266,7 +303,8 @@ impl Reconciler {
         }
 
         // Only a node that is programmed gets its CNI config.
-        if write_conf(&self.opts.cni_conf, &doc)? {
+        let text = self.conf_text(&doc)?;
+        if write_conf(&self.conf_path()?, &text)? {
             out.changes += 1;
         }
         out.conf = Some(conf);

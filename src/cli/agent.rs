@@ -23,7 +23,7 @@ enum AgentCommand {
     /// Serve (or print) the datapath's Prometheus metrics.
     Metrics(metrics::MetricsArgs),
     /// Install the plugin binary and the conflist (the DaemonSet's init
-    /// container); --node-name takes the ranges from the Node.
+    /// container); --node-name completes it for the Node as the agent does.
     Install(install::InstallArgs),
     /// Print the version.
     Version,
@@ -35,7 +35,7 @@ pub fn main() -> i32 {
         AgentCommand::Run(args) => run::run(&args),
         AgentCommand::Cluster(args) => cluster::run(&args),
         AgentCommand::Metrics(args) => metrics::run(&args),
-        AgentCommand::Install(args) => install::run(&args, &crate::kube::node_pod_cidrs),
+        AgentCommand::Install(args) => install::run(&args, &crate::kube::node_info),
         AgentCommand::Version => {
             println!("ebpfcni-agent {} (bpf program {})", env!("CARGO_PKG_VERSION"), crate::datapath::BPF_ID);
             Ok(())

@@ -44,28 +44,49 @@ pub fn net_conf(file: &Path) -> Result<NetConf> {
     NetConf::parse(ours.to_string().as_bytes())
 }
 
+/// The network name and pin path of a node agent's template (a conflist or
+/// a single config; its pod ranges and MTU may still be missing).
+pub(crate) fn net_conf_of_template(file: &Path) -> Result<(String, PathBuf)> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("read {}", file.display()))?;
+    let v: Value = serde_json::from_str(&text).map_err(|e| anyhow!("{} is not valid JSON: {e}", file.display()))?;
+    let ours = match v["plugins"].as_array() {
+        Some(plugins) => plugins.iter().find(|p| p["type"] == "ebpfcni").cloned().unwrap_or_default(),
+        None => v.clone(),
+    };
+    let name = v["name"].as_str().ok_or_else(|| anyhow!("{} has no \"name\"", file.display()))?;
+    let pins = ours["bpfPinPath"].as_str().unwrap_or(DEFAULT_PIN_PATH);
+    Ok((name.to_string(), PathBuf::from(pins)))
+}
+
 /// Reads a conflist: JSON, a `plugins` list, an ebpfcni plugin whose
 /// config (with the list's name and version) is valid.
 fn read(file: &Path) -> Result<(Value, usize)> {
     let text = std::fs::read_to_string(file).with_context(|| format!("read {}", file.display()))?;
     let v: Value = serde_json::from_str(&text).map_err(|e| anyhow!("{} is not valid JSON: {e}", file.display()))?;
+    let at = validate(&v).map_err(|e| anyhow!("{}{e:#}", file.display()))?;
+    Ok((v, at))
+}
+
+/// Where the ebpfcni plugin is in the conflist `v`, once its config (with
+/// the list's name and version) is valid. Errors start with ": " or " ",
+/// to follow the file's name.
+fn validate(v: &Value) -> Result<usize> {
     let Some(plugins) = v.get("plugins").and_then(Value::as_array) else {
         bail!(
-            "{} is not a conflist (no \"plugins\" list): a single-plugin .conf cannot chain portmap; \
-             wrap it as {{\"cniVersion\", \"name\", \"plugins\": [ … ]}}",
-            file.display()
+            " is not a conflist (no \"plugins\" list): a single-plugin .conf cannot chain portmap; \
+             wrap it as {{\"cniVersion\", \"name\", \"plugins\": [ … ]}}"
         );
     };
-    let name = v["name"].as_str().ok_or_else(|| anyhow!("{} has no \"name\"", file.display()))?;
+    let name = v["name"].as_str().ok_or_else(|| anyhow!(" has no \"name\""))?;
     let at = plugins
         .iter()
         .position(|p| p["type"] == "ebpfcni")
-        .ok_or_else(|| anyhow!("{} does not configure ebpfcni (no plugin of type \"ebpfcni\")", file.display()))?;
+        .ok_or_else(|| anyhow!(" does not configure ebpfcni (no plugin of type \"ebpfcni\")"))?;
     let mut ours = plugins[at].clone();
     ours["name"] = json!(name);
     ours["cniVersion"] = v["cniVersion"].clone();
-    NetConf::parse(ours.to_string().as_bytes()).map_err(|e| anyhow!("{}: ebpfcni's config: {e:#}", file.display()))?;
-    Ok((v, at))
+    NetConf::parse(ours.to_string().as_bytes()).map_err(|e| anyhow!(": ebpfcni's config: {e:#}"))?;
+    Ok(at)
 }
 
 /// The versions a plugin binary says it supports.
@@ -83,7 +104,18 @@ fn supported_by(bin: &Path) -> Result<Vec<String>> {
 }
 
 pub(super) fn check(file: &Path, cni_path: &str, out: &Path) -> Result<()> {
-    let (mut v, at) = read(file)?;
+    let (v, _) = read(file)?;
+    let (text, note) = checked(v, cni_path)?;
+    std::fs::write(out, text).with_context(|| format!("write {}", out.display()))?;
+    println!("{note}");
+    Ok(())
+}
+
+/// The conflist `v` as it is installed: valid, its cniVersion the highest
+/// that ebpfcni and every chained plugin found in `cni_path` support.
+/// Returns the text and a line saying which version and why.
+pub(crate) fn checked(mut v: Value, cni_path: &str) -> Result<(Vec<u8>, String)> {
+    let at = validate(&v).map_err(|e| anyhow!("the conflist{e:#}"))?;
     let asked = v["cniVersion"].as_str().unwrap_or(version::LATEST).to_string();
     let mut common: Vec<String> =
         version::SUPPORTED.iter().filter(|s| version::at_least(&asked, s)).map(|s| s.to_string()).collect();
@@ -111,11 +143,9 @@ pub(super) fn check(file: &Path, cni_path: &str, out: &Path) -> Result<()> {
         bail!("no CNI version up to {asked} is supported by all of {}", who.join(", "));
     };
     v["cniVersion"] = json!(best);
-    std::fs::write(out, format!("{}\n", serde_json::to_string_pretty(&v)?))
-        .with_context(|| format!("write {}", out.display()))?;
     let note = if *best == asked { String::new() } else { format!(" (the file asks {asked})") };
-    println!("cniVersion {best}: the highest that {} all support{note}", who.join(", "));
-    Ok(())
+    let line = format!("cniVersion {best}: the highest that {} all support{note}", who.join(", "));
+    Ok((format!("{}\n", serde_json::to_string_pretty(&v)?).into_bytes(), line))
 }
 
 fn get(file: &Path, key: &str) -> Result<()> {

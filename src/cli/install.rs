@@ -4,17 +4,24 @@
 //! replaced atomically (a runtime
 //! never runs half a binary or reads half a file). The conflist replaces
 //! an older ebpfcni conflist in place, under its own name; a file of
-//! another plugin is never written over. With `--node-name`, the node's
-//! `spec.podCIDRs` (from the API server) become the IPAM ranges.
+//! another plugin is never written over. With `--node-name`, the
+//! conflist is completed for that Node (from the API server) exactly as
+//! the node agent completes its template: pod ranges from its
+//! `spec.podCIDRs`, `routing`, and the MTU of the link holding its
+//! InternalIP less the tunnel's overhead; so the agent, which keeps the
+//! same file, finds nothing to change.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 /// The conflist installed when none is given (conf/10-ebpfcni.conflist).
 const DEFAULT_CONFLIST: &str = include_str!("../../conf/10-ebpfcni.conflist");
+/// With --node-name, the node agent's template (conf/cni-template.conflist):
+/// its ranges and MTU come from the Node.
+const DEFAULT_TEMPLATE: &str = include_str!("../../conf/cni-template.conflist");
 const CONF_NAME: &str = "10-ebpfcni.conflist";
 
 #[derive(Args)]
@@ -25,14 +32,16 @@ pub struct InstallArgs {
     /// Where the conflist goes.
     #[arg(long, default_value = "/etc/cni/net.d")]
     conf_dir: PathBuf,
-    /// The conflist to install (default: the one built in, conf/10-ebpfcni.conflist).
+    /// The conflist to install (default: the one built in,
+    /// conf/10-ebpfcni.conflist; with --node-name conf/cni-template.conflist).
+    /// A template's own subnet, ipam or mtu is kept, as the agent keeps it.
     #[arg(long)]
     conf: Option<PathBuf>,
     /// Directories to find chained plugins in (colon-separated), after --bin-dir.
     #[arg(long, default_value = "/opt/cni/bin:/usr/lib/cni")]
     cni_path: String,
-    /// Take the IPAM ranges from this Node's spec.podCIDRs (the API server:
-    /// --kubeconfig, else the pod's service account).
+    /// Complete the conflist for this Node, as the node agent does (the
+    /// API server: --kubeconfig, else the pod's service account).
     #[arg(long)]
     node_name: Option<String>,
     #[arg(long)]
@@ -50,7 +59,7 @@ fn is_ours(v: &Value) -> bool {
 /// Where the conflist goes: the existing ebpfcni conflist (in place, its
 /// priority kept), else 10-ebpfcni.conflist unless another plugin's file
 /// has that name.
-fn target(conf_dir: &Path) -> Result<PathBuf> {
+pub fn target(conf_dir: &Path) -> Result<PathBuf> {
     let mut ours: Vec<PathBuf> = std::fs::read_dir(conf_dir)
         .with_context(|| format!("read {}", conf_dir.display()))?
         .flatten()
@@ -74,33 +83,8 @@ fn target(conf_dir: &Path) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// The conflist with its ebpfcni plugin's IPAM ranges set to `cidrs`.
-fn with_ranges(mut conflist: Value, cidrs: &[String]) -> Result<Value> {
-    let plugins = conflist["plugins"].as_array_mut().ok_or_else(|| anyhow!("the conflist has no \"plugins\" list"))?;
-    let ours = plugins.iter_mut().find(|p| p["type"] == "ebpfcni").ok_or_else(|| anyhow!("no ebpfcni plugin"))?;
-    let ranges: Vec<Value> = cidrs.iter().map(|c| json!([{"subnet": c}])).collect();
-    let mut routes = Vec::new();
-    if cidrs.iter().any(|c| !c.contains(':')) {
-        routes.push(json!({"dst": "0.0.0.0/0"}));
-    }
-    if cidrs.iter().any(|c| c.contains(':')) {
-        routes.push(json!({"dst": "::/0"}));
-    }
-    if let Some(o) = ours.as_object_mut() {
-        o.remove("subnet");
-        o.remove("gateway");
-    }
-    let ipam = &mut ours["ipam"];
-    if !ipam.is_object() {
-        *ipam = json!({"type": "host-local"});
-    }
-    ipam["ranges"] = json!(ranges);
-    ipam["routes"] = json!(routes);
-    Ok(conflist)
-}
-
 /// Writes `bytes` to `path` through a temporary file and a rename.
-fn replace(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+pub fn replace(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let name = path.file_name().ok_or_else(|| anyhow!("{} has no file name", path.display()))?;
     let tmp = path.with_file_name(format!(".{}.tmp", name.to_string_lossy()));
@@ -109,40 +93,31 @@ fn replace(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("rename {} to {}", tmp.display(), path.display()))
 }
 
-/// A node's pod CIDRs, from the API server (`ebpfcni-agent`'s lookup;
-/// the plugin's binary links no client and refuses).
-pub type PodCidrs<'a> = &'a dyn Fn(Option<&Path>, &str) -> Result<Vec<String>>;
+/// A Node as the agent sees it, from the API server (`ebpfcni-agent`'s
+/// lookup; the plugin's binary links no client and refuses).
+pub type NodeLookup<'a> = &'a dyn Fn(Option<&Path>, &str) -> Result<crate::agent::NodeInfo>;
 
-pub fn run(args: &InstallArgs, node_pod_cidrs: PodCidrs) -> Result<()> {
+pub fn run(args: &InstallArgs, lookup: NodeLookup) -> Result<()> {
     // Everything is read and checked before anything is installed.
     let text = match &args.conf {
         Some(f) => std::fs::read_to_string(f).with_context(|| format!("read {}", f.display()))?,
+        None if args.node_name.is_some() => DEFAULT_TEMPLATE.to_string(),
         None => DEFAULT_CONFLIST.to_string(),
     };
     let mut conflist: Value = serde_json::from_str(&text).context("the conflist is not JSON")?;
     if let Some(node) = &args.node_name {
-        let cidrs = node_pod_cidrs(args.kubeconfig.as_deref(), node)?;
-        if cidrs.is_empty() {
+        let info = lookup(args.kubeconfig.as_deref(), node)?;
+        if info.pod_cidrs.is_empty() {
             bail!("node {node} has no spec.podCIDRs yet (is the controller manager allocating node CIDRs?)");
         }
-        conflist = with_ranges(conflist, &cidrs)?;
+        crate::agent::complete_for_node(&mut conflist, &info)?;
     }
     std::fs::create_dir_all(&args.conf_dir).with_context(|| format!("create {}", args.conf_dir.display()))?;
     std::fs::create_dir_all(&args.bin_dir).with_context(|| format!("create {}", args.bin_dir.display()))?;
     let target = target(&args.conf_dir)?;
-    let scratch = args.conf_dir.join(format!(".ebpfcni-install.{}", std::process::id()));
-    std::fs::write(&scratch, serde_json::to_string_pretty(&conflist)?)?;
-    let staged = scratch.with_extension("out");
     let search = format!("{}:{}", args.bin_dir.display(), args.cni_path);
-    let checked = super::conflist::check(&scratch, &search, &staged);
-    let _ = std::fs::remove_file(&scratch);
-    if let Err(e) = checked {
-        let _ = std::fs::remove_file(&staged);
-        return Err(e);
-    }
-    let staged_text = std::fs::read(&staged);
-    let _ = std::fs::remove_file(&staged);
-    let staged_text = staged_text.context("read the checked conflist")?;
+    let (staged, note) = super::conflist::checked(conflist, &search)?;
+    println!("{note}");
 
     let source = match &args.binary {
         Some(b) => b.clone(),
@@ -152,7 +127,7 @@ pub fn run(args: &InstallArgs, node_pod_cidrs: PodCidrs) -> Result<()> {
     let bin = args.bin_dir.join("ebpfcni");
     replace(&bin, &me, 0o755)?;
     println!("install: {} (ebpfcni {})", bin.display(), env!("CARGO_PKG_VERSION"));
-    replace(&target, &staged_text, 0o644)?;
+    replace(&target, &staged, 0o644)?;
     println!("install: {}", target.display());
     Ok(())
 }

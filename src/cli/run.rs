@@ -42,15 +42,25 @@ pub struct RunArgs {
     resync: u64,
     /// Also run the node agent (`ebpfcni agent`) on the watched Nodes:
     /// routes or tunnel entries for the peers, the node's rules, and the
-    /// CNI config completed from this template with the node's podCIDRs.
+    /// CNI config completed from this template with the node's podCIDRs;
+    /// the network kept in force is then the template's (name, bpfPinPath).
     #[arg(long)]
     template: Option<PathBuf>,
     /// This node's name (the Node's metadata.name); default: the hostname.
     #[arg(long)]
     node_name: Option<String>,
-    /// Where the node agent writes the completed CNI config once the node is ready.
+    /// Where the node agent writes the completed CNI config once the node
+    /// is ready (a directory: ebpfcni's conflist in it, replaced in place).
     #[arg(long, default_value = "/etc/cni/net.d/10-ebpfcni.conflist")]
     cni_conf: PathBuf,
+    /// Where the conflist's chained plugins are (its CNI version is the highest they all speak).
+    #[arg(long, default_value = super::node_agent::DEFAULT_CNI_PATH)]
+    cni_path: String,
+    /// Read and write the node's sysctls here instead of /proc/sys (in a
+    /// container, where /proc/sys is read-only: a mount of the host's
+    /// /proc/sys/net at DIR/net).
+    #[arg(long)]
+    proc_sys: Option<PathBuf>,
     /// Seconds between the node agent's full reconciles when nothing changed.
     #[arg(long, default_value_t = 10)]
     interval: u64,
@@ -133,7 +143,20 @@ fn write_state(path: &Path, watch: &ClusterWatch, passes: &Passes) -> Result<()>
     Ok(())
 }
 
+/// With a template, the network it configures is the one the agent
+/// keeps (its name and bpfPinPath); otherwise what the flags say.
+fn with_template_target(mut args: RunArgs) -> Result<RunArgs> {
+    let Some(template) = &args.template else { return Ok(args) };
+    let conf = super::conflist::net_conf_of_template(template)?;
+    args.target = Target { network: Some(conf.0), pin_path: conf.1 };
+    Ok(args)
+}
+
 pub fn run(args: &RunArgs) -> Result<()> {
+    if let Some(dir) = &args.proc_sys {
+        crate::node::sysctl::use_root(dir)?;
+    }
+    let args = &with_template_target(args.clone())?;
     let watch = Arc::new(ClusterWatch::start(args.kubeconfig.as_deref())?);
     let m = Arc::new(Metrics::new(&args.target.pin_path));
     let source = watch.clone();
@@ -149,8 +172,12 @@ pub fn run(args: &RunArgs) -> Result<()> {
         let policy_args = args.clone();
         std::thread::spawn(move || policy_loop(&policy_args, &policy_watch, &policy_metrics));
         let source = Box::new(kube::KubeSource::new(watch.clone()));
-        let result =
-            super::node_agent::start(args.node_name.as_deref(), template, &args.cni_conf, args.interval, source);
+        let files = super::node_agent::ConfFiles {
+            template: template.clone(),
+            cni_conf: args.cni_conf.clone(),
+            cni_path: args.cni_path.clone(),
+        };
+        let result = super::node_agent::start(args.node_name.as_deref(), &files, args.interval, source);
         drop(server);
         return result;
     }

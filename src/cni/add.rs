@@ -17,6 +17,7 @@ use crate::netlink::{Link, Netlink, Netns};
 use crate::policy;
 
 pub fn add(conf: &NetConf, env: &CniEnv) -> Result<AddResult> {
+    super::status::require_agent(conf)?;
     let netns_path = env.netns.as_deref().expect("ADD requires CNI_NETNS");
     let ns = Netns::open(netns_path).map_err(|e| CniError::error(INVALID_ENV, format!("CNI_NETNS: {e:#}")))?;
     if ns.is_own()? {

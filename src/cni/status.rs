@@ -7,7 +7,7 @@
 use anyhow::Result;
 
 use super::config::NetConf;
-use super::error::{CniError, NOT_READY};
+use super::error::{CniError, NOT_READY, TRY_AGAIN_LATER};
 use crate::datapath::{self, Datapath};
 use crate::ipam::{self, DiskStore};
 
@@ -38,19 +38,33 @@ pub fn status(conf: &NetConf) -> Result<()> {
             }
         }
     }
-    // A network the agent manages is ready once the agent has programmed
-    // the node (routes or tunnel to the other nodes).
-    if conf.routing.is_some() {
-        match crate::agent::AgentState::load(&conf.name) {
-            Ok(Some(s)) if s.ready => {}
-            Ok(Some(s)) => missing.push(format!("ebpfcni agent is {} (the node is not programmed yet)", s.state)),
-            Ok(None) => missing.push("ebpfcni agent has not programmed the node yet".to_string()),
-            Err(e) => missing.push(format!("ebpfcni agent state unreadable: {e:#}")),
-        }
-    }
+    missing.extend(agent_missing(conf));
     if missing.is_empty() {
         Ok(())
     } else {
         Err(CniError::error(NOT_READY, format!("not ready: {}", missing.join("; "))))
+    }
+}
+
+/// A network the agent manages is ready once the agent has programmed the
+/// node (routes or tunnel to the other nodes); what is missing until then.
+fn agent_missing(conf: &NetConf) -> Option<String> {
+    conf.routing?;
+    match crate::agent::AgentState::load(&conf.name) {
+        Ok(Some(s)) if s.ready => None,
+        Ok(Some(s)) => Some(format!("ebpfcni agent is {} (the node is not programmed yet)", s.state)),
+        Ok(None) => Some("ebpfcni agent has not programmed the node yet".to_string()),
+        Err(e) => Some(format!("ebpfcni agent state unreadable: {e:#}")),
+    }
+}
+
+/// ADD on a network the agent manages waits for the agent (code 11, the
+/// runtime retries): a pod started before the node is programmed would
+/// reach no other node, and on a runtime that never asks STATUS (or a
+/// conflist installed before the agent ran) nothing else would stop it.
+pub fn require_agent(conf: &NetConf) -> Result<()> {
+    match agent_missing(conf) {
+        None => Ok(()),
+        Some(why) => Err(CniError::error(TRY_AGAIN_LATER, format!("try again later: {why}"))),
     }
 }

@@ -351,10 +351,8 @@ async fn probe(client: Client, shared: Arc<Shared>) {
     }
 }
 
-/// One Node's pod ranges (`spec.podCIDRs`, else `spec.podCIDR`), asked of
-/// the API server once: what `ebpfcni install --node-name` writes as the
-/// IPAM ranges. Not for use inside an async runtime (it blocks).
-pub fn node_pod_cidrs(kubeconfig: Option<&Path>, node: &str) -> Result<Vec<String>> {
+/// One Node, read once (the install init container's lookup).
+pub fn node_info(kubeconfig: Option<&Path>, node: &str) -> Result<crate::agent::NodeInfo> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -363,7 +361,6 @@ pub fn node_pod_cidrs(kubeconfig: Option<&Path>, node: &str) -> Result<Vec<Strin
         let client = Client::try_from(client_config(kubeconfig).await?).context("build the Kubernetes client")?;
         let api: Api<Node> = Api::all(client);
         let n = api.get(node).await.with_context(|| format!("get node {node}"))?;
-        let spec = n.spec.unwrap_or_default();
-        Ok(spec.pod_cidrs.filter(|c| !c.is_empty()).or_else(|| spec.pod_cidr.map(|c| vec![c])).unwrap_or_default())
+        crate::agent::NodeInfo::from_node(&n)
     })
 }

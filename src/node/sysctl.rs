@@ -1,18 +1,36 @@
 //! The node's sysctls that pods need, read and written through
 //! /proc/sys/net (which shows the calling process's network namespace).
+//! In a container /proc/sys is read-only: the agent is given the host's
+//! /proc/sys/net mounted elsewhere (`--proc-sys`, a hostPath), which
+//! still shows the netns of whoever opens it: the node's, on host network.
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
 /// IPv4 forwarding: pods reach beyond the node through it.
 pub const IPV4_FORWARD: &str = "net/ipv4/ip_forward";
 /// IPv6 forwarding, on every interface.
 pub const IPV6_FORWARD: &str = "net/ipv6/conf/all/forwarding";
 
-fn path(name: &str) -> std::path::PathBuf {
-    Path::new("/proc/sys").join(name)
+static ROOT: OnceLock<PathBuf> = OnceLock::new();
+
+/// Reads and writes sysctls under `dir` (holding `net/`) instead of
+/// /proc/sys, for the rest of the process.
+pub fn use_root(dir: &Path) -> Result<()> {
+    if !dir.join("net/ipv4/ip_forward").exists() {
+        bail!("{} holds no net/ipv4/ip_forward: not a mount of /proc/sys (or of its net/)", dir.display());
+    }
+    if ROOT.set(dir.to_path_buf()).is_err() {
+        bail!("the sysctl root is already set");
+    }
+    Ok(())
+}
+
+fn path(name: &str) -> PathBuf {
+    ROOT.get().map(PathBuf::as_path).unwrap_or(Path::new("/proc/sys")).join(name)
 }
 
 pub fn read(name: &str) -> Result<String> {

@@ -11,7 +11,7 @@ use std::fs;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use super::daemonset::{self, ApiTls, DaemonSetPod, Image, NodeMounts};
 use super::node::{Node, Plugin};
 use super::{Pod, BIN};
 
@@ -38,6 +39,17 @@ pub struct ClusterNode {
     /// Set when the peers come from the Kubernetes API (`ebpfcni-agent run`).
     pub kubeconfig: Option<PathBuf>,
     agent: RefCell<Option<Child>>,
+    /// Set when the agent runs as the DaemonSet's pod (podman).
+    pub pod: Option<NodePod>,
+}
+
+/// One node's DaemonSet pod: the manifest's containers, this node's mounts.
+pub struct NodePod {
+    pub spec: std::rc::Rc<DaemonSetPod>,
+    pub image: String,
+    pub mounts: NodeMounts,
+    /// The agent container's name.
+    pub name: String,
 }
 
 pub struct Cluster {
@@ -52,6 +64,9 @@ pub struct Cluster {
     /// The fake API server the agents watch, in the underlay's namespace at
     /// 10.248.0.254, when the peers come from Kubernetes.
     pub api: Option<super::fakeapi::FakeApi>,
+    /// The API server's TLS front, when the agents run as the DaemonSet's pods.
+    pub tls: Option<ApiTls>,
+    pub image: Option<Image>,
 }
 
 fn run_ok(cmd: &str) -> String {
@@ -107,6 +122,9 @@ impl ClusterNode {
     }
 
     pub fn start_agent(&self) {
+        if let Some(pod) = &self.pod {
+            return pod.start();
+        }
         let log = fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
         let mut cmd = Command::new("nsenter");
         cmd.arg(format!("--net=/run/netns/{}", self.node.ns));
@@ -137,6 +155,9 @@ impl ClusterNode {
     /// Sends `signal` (kill(1) name) to the agent and reaps it; returns
     /// whether it exited with status 0.
     pub fn stop_agent(&self, signal: &str) -> bool {
+        if let Some(pod) = &self.pod {
+            return pod.stop(signal);
+        }
         let Some(mut child) = self.agent.borrow_mut().take() else { return true };
         let _ = Command::new("kill").args([&format!("-{signal}"), &child.id().to_string()]).status();
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -159,7 +180,8 @@ impl ClusterNode {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let s = self.state();
-            let pid_ok = s["pid"].as_u64().map(|p| p as u32) == self.agent_pid();
+            // A container's agent has a pid of its own namespace.
+            let pid_ok = self.pod.is_some() || s["pid"].as_u64().map(|p| p as u32) == self.agent_pid();
             if pid_ok
                 && s["ready"] == true
                 && s["state"] == "ready"
@@ -167,14 +189,60 @@ impl ClusterNode {
             {
                 return;
             }
-            assert!(
-                Instant::now() < deadline,
-                "agent of {} not ready: {s}\n{}",
-                self.name,
-                fs::read_to_string(&self.log).unwrap_or_default()
-            );
+            assert!(Instant::now() < deadline, "agent of {} not ready: {s}\n{}", self.name, self.agent_log());
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+}
+
+impl ClusterNode {
+    /// What the agent printed.
+    pub fn agent_log(&self) -> String {
+        match &self.pod {
+            Some(pod) => pod.logs(),
+            None => fs::read_to_string(&self.log).unwrap_or_default(),
+        }
+    }
+}
+
+impl NodePod {
+    /// What a kubelet does: the init container to completion, then the
+    /// agent container (a leftover of an earlier start goes first).
+    fn start(&self) {
+        let init = daemonset::with_image(self.spec.init_container(), &self.image);
+        let init_name = format!("{}-install", self.name);
+        let _ = daemonset::podman().args(["rm", "-f", &init_name]).output();
+        let out = daemonset::podman().args(self.spec.run_args(&init, &self.mounts, &init_name, true)).output().unwrap();
+        assert!(
+            out.status.success(),
+            "init container: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let agent = daemonset::with_image(self.spec.agent_container(), &self.image);
+        let _ = daemonset::podman().args(["rm", "-f", &self.name]).output();
+        let out =
+            daemonset::podman().args(self.spec.run_args(&agent, &self.mounts, &self.name, false)).output().unwrap();
+        assert!(out.status.success(), "agent container: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Signals the agent container, waits for it; true when it exited 0.
+    fn stop(&self, signal: &str) -> bool {
+        let _ = daemonset::podman().args(["kill", "--signal", signal, &self.name]).output();
+        let out = daemonset::podman().args(["wait", &self.name]).output().unwrap();
+        let code = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let _ = daemonset::podman().args(["rm", "-f", &self.name]).output();
+        code == "0"
+    }
+
+    fn logs(&self) -> String {
+        let out = daemonset::podman().args(["logs", &self.name]).output().unwrap();
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    }
+
+    /// Runs the readiness probe's command in the agent container.
+    pub fn probe(&self) -> Output {
+        daemonset::podman().args(["exec", &self.name]).args(self.spec.readiness()).output().unwrap()
     }
 }
 
@@ -185,16 +253,25 @@ pub fn now_secs() -> u64 {
 impl Cluster {
     /// `tag` must contain "mn"; nodes get ids `base`, `base + 1`, … (30-69).
     pub fn new(tag: &str, base: u8, count: usize, mode: &str, extra: Value) -> Cluster {
-        Self::build(tag, base, count, mode, extra, false)
+        Self::build(tag, base, count, mode, extra, Launch::Binary { api: false })
     }
 
     /// The same cluster, its agents (`ebpfcni-agent run`) watching a fake
     /// Kubernetes API server for Nodes, Pods, Namespaces and NetworkPolicies.
     pub fn with_api(tag: &str, base: u8, count: usize, mode: &str, extra: Value) -> Cluster {
-        Self::build(tag, base, count, mode, extra, true)
+        Self::build(tag, base, count, mode, extra, Launch::Binary { api: true })
     }
 
-    fn build(tag: &str, base: u8, count: usize, mode: &str, extra: Value, api: bool) -> Cluster {
+    /// The same, each node's agent the DaemonSet's pod of
+    /// deploy/ebpfcni.yaml (tests/common/daemonset.rs), in-cluster with a
+    /// service account over TLS; the image is built from this repository.
+    pub fn with_daemonset(tag: &str, base: u8, count: usize, mode: &str) -> Cluster {
+        Self::build(tag, base, count, mode, json!({}), Launch::DaemonSet)
+    }
+
+    fn build(tag: &str, base: u8, count: usize, mode: &str, extra: Value, launch: Launch) -> Cluster {
+        let api = !matches!(launch, Launch::Binary { api: false });
+        let in_pods = matches!(launch, Launch::DaemonSet);
         assert!(tag.contains("mn"));
         let underlay = format!("ebu-{tag}");
         let dir = std::env::temp_dir().join(format!("ebpfcni-{tag}"));
@@ -214,6 +291,8 @@ impl Cluster {
             nodes: Vec::new(),
             pods: Vec::new(),
             api: None,
+            tls: None,
+            image: None,
         };
         let kubeconfig = api.then(|| {
             run_ok(&format!("ip -n {underlay} addr add 10.248.0.254/16 dev ebubr"));
@@ -221,6 +300,15 @@ impl Cluster {
             let path = server.kubeconfig(&cluster.dir);
             cluster.api = Some(server);
             path
+        });
+        let spec = in_pods.then(|| {
+            let api = cluster.api.as_ref().unwrap();
+            let tls = ApiTls::start(&cluster.dir.join("tls"), &underlay, "10.248.0.254", api.addr());
+            // Only the service account's token is let in from now on.
+            api.require_token(&tls.token);
+            cluster.tls = Some(tls);
+            cluster.image = Some(Image::build(&format!("localhost/ebpfcni-{tag}:{}", std::process::id())));
+            std::rc::Rc::new(DaemonSetPod::from_manifest())
         });
         for i in 0..count {
             let mut conf_extra = json!({"routing": mode, "ipMasq": true, "cniVersion": "1.1.0", "subnet": null});
@@ -237,17 +325,30 @@ impl Cluster {
             ));
             let ndir = cluster.dir.join(format!("n{}", i + 1));
             fs::create_dir_all(&ndir).unwrap();
-            let template = ndir.join("template.conf");
-            fs::write(&template, node.conf.to_string()).unwrap();
+            let name = format!("{tag}-n{}", i + 1);
+            let (template, cni_conf, pod) = match &spec {
+                None => {
+                    let template = ndir.join("template.conf");
+                    fs::write(&template, node.conf.to_string()).unwrap();
+                    (template, ndir.join("10-ebpfcni.conf"), None)
+                }
+                Some(spec) => {
+                    let pod = node_pod(&cluster, spec, &node, &name, &ndir);
+                    let template = pod.mounts.dir.join("config/10-ebpfcni.conflist");
+                    let cni_conf = pod.mounts.dir.join("etc-cni-net.d/10-ebpfcni.conflist");
+                    (template, cni_conf, Some(pod))
+                }
+            };
             cluster.nodes.push(ClusterNode {
-                name: format!("{tag}-n{}", i + 1),
+                name,
                 underlay_ip,
-                cni_conf: ndir.join("10-ebpfcni.conf"),
+                cni_conf,
                 log: ndir.join("agent.log"),
                 template,
                 node,
                 kubeconfig: kubeconfig.clone(),
                 agent: RefCell::new(None),
+                pod,
             });
         }
         cluster.write_peers(&(0..count).collect::<Vec<_>>());
@@ -257,8 +358,10 @@ impl Cluster {
         }
         for n in &mut cluster.nodes {
             n.wait_ready(since);
-            n.node.conf = serde_json::from_slice(&fs::read(&n.cni_conf).expect("the agent wrote the CNI config"))
-                .expect("CNI config is JSON");
+            let written: Value =
+                serde_json::from_slice(&fs::read(&n.cni_conf).expect("the agent wrote the CNI config"))
+                    .expect("CNI config is JSON");
+            n.node.conf = plugin_conf(&written);
         }
         for n in &cluster.nodes {
             cluster.pods.push(vec![n.node.add_pod("a"), n.node.add_pod("b")]);
@@ -310,6 +413,71 @@ impl Cluster {
     /// Every pod with its node's index.
     pub fn all_pods(&self) -> Vec<(usize, &Pod)> {
         self.pods.iter().enumerate().flat_map(|(i, ps)| ps.iter().map(move |p| (i, p))).collect()
+    }
+}
+
+enum Launch {
+    /// `ebpfcni agent` on a peers file, or `ebpfcni-agent run` on the API.
+    Binary {
+        api: bool,
+    },
+    DaemonSet,
+}
+
+/// The ebpfcni entry of a conflist as a config of its own (the pods are
+/// added with it); a single config as it is.
+pub fn plugin_conf(doc: &Value) -> Value {
+    let Some(plugins) = doc["plugins"].as_array() else { return doc.clone() };
+    let mut ours = plugins.iter().find(|p| p["type"] == "ebpfcni").expect("an ebpfcni entry").clone();
+    ours["name"] = doc["name"].clone();
+    ours["cniVersion"] = doc["cniVersion"].clone();
+    ours
+}
+
+/// One node's DaemonSet pod: its directories, the ConfigMap's template with
+/// the node's names and paths, a CNI bin directory holding the chained
+/// portmap as a node's would, and the agent's state where the plugin looks.
+fn node_pod(
+    cluster: &Cluster,
+    spec: &std::rc::Rc<DaemonSetPod>,
+    node: &Node,
+    name: &str,
+    ndir: &std::path::Path,
+) -> NodePod {
+    let tls = cluster.tls.as_ref().unwrap();
+    let mounts = NodeMounts {
+        node_name: name.to_string(),
+        netns: node.ns.clone(),
+        dir: ndir.join("pod"),
+        data_dir: node.data_dir.clone(),
+        service_account: tls.service_account(),
+        api_host: tls.host.clone(),
+        api_port: tls.port,
+    };
+    let network = node.conf["name"].as_str().unwrap().to_string();
+    let mut overrides = node.conf.clone();
+    for k in ["type", "cniVersion", "name"] {
+        overrides.as_object_mut().unwrap().remove(k);
+    }
+    overrides["logFile"] = json!(node.data_dir.join("plugin.log"));
+    let template = spec.template_for(&network, &overrides);
+    for d in ["config", "etc-cni-net.d", "opt-cni-bin", "run-ebpfcni"] {
+        fs::create_dir_all(mounts.dir.join(d)).unwrap();
+    }
+    fs::create_dir_all(&node.data_dir).unwrap();
+    fs::write(mounts.dir.join("config/10-ebpfcni.conflist"), serde_json::to_vec_pretty(&template).unwrap()).unwrap();
+    fs::copy("/usr/lib/cni/portmap", mounts.dir.join("opt-cni-bin/portmap")).expect("the reference portmap");
+    // The plugin (on the "host") reads the agent's state under /run/ebpfcni/<network>.
+    fs::create_dir_all("/run/ebpfcni").unwrap();
+    let link = PathBuf::from("/run/ebpfcni").join(&network);
+    let _ = fs::remove_file(&link);
+    let _ = fs::remove_dir_all(&link);
+    std::os::unix::fs::symlink(mounts.dir.join("run-ebpfcni").join(&network), &link).unwrap();
+    NodePod {
+        spec: spec.clone(),
+        image: cluster.image.as_ref().unwrap().0.clone(),
+        mounts,
+        name: format!("ebpfcni-{name}"),
     }
 }
 

@@ -65,6 +65,8 @@ struct Shared {
     next_conn: AtomicU64,
     up: AtomicBool,
     log: Mutex<Vec<String>>,
+    /// When set, a request without `Authorization: Bearer <token>` gets 401.
+    token: Mutex<Option<String>>,
 }
 
 pub struct FakeApi {
@@ -113,6 +115,7 @@ impl FakeApi {
             next_conn: AtomicU64::new(0),
             up: AtomicBool::new(true),
             log: Mutex::new(Vec::new()),
+            token: Mutex::new(None),
         });
         let api = FakeApi { shared, addr, netns, acceptor: Mutex::new(None) };
         api.listen(listener);
@@ -310,6 +313,12 @@ impl FakeApi {
         self.listen(listener);
     }
 
+    /// From now on, answers only requests bearing this token (401 otherwise),
+    /// as an API server does for a service account's.
+    pub fn require_token(&self, token: &str) {
+        *self.shared.token.lock().unwrap() = Some(token.to_string());
+    }
+
     /// Every request so far, as "GET /path?query".
     pub fn requests(&self) -> Vec<String> {
         self.shared.log.lock().unwrap().clone()
@@ -380,6 +389,7 @@ struct Request {
     path: String,
     query: BTreeMap<String, String>,
     accept: String,
+    authorization: String,
 }
 
 fn read_request(r: &mut BufReader<TcpStream>) -> Option<Request> {
@@ -391,6 +401,7 @@ fn read_request(r: &mut BufReader<TcpStream>) -> Option<Request> {
     let method = parts.next()?.to_string();
     let target = parts.next()?.to_string();
     let mut accept = String::new();
+    let mut authorization = String::new();
     let mut length = 0usize;
     loop {
         let mut h = String::new();
@@ -404,6 +415,7 @@ fn read_request(r: &mut BufReader<TcpStream>) -> Option<Request> {
         if let Some((k, v)) = h.split_once(':') {
             match k.trim().to_ascii_lowercase().as_str() {
                 "accept" => accept = v.trim().to_string(),
+                "authorization" => authorization = v.trim().to_string(),
                 "content-length" => length = v.trim().parse().unwrap_or(0),
                 _ => {}
             }
@@ -420,7 +432,7 @@ fn read_request(r: &mut BufReader<TcpStream>) -> Option<Request> {
             (unescape(k), unescape(v))
         })
         .collect();
-    Some(Request { method, path: path.to_string(), query, accept })
+    Some(Request { method, path: path.to_string(), query, accept, authorization })
 }
 
 fn unescape(s: &str) -> String {
@@ -447,6 +459,7 @@ fn respond(w: &mut TcpStream, code: u16, body: &Value) -> std::io::Result<()> {
     let text = body.to_string();
     let reason = match code {
         200 => "OK",
+        401 => "Unauthorized",
         404 => "Not Found",
         405 => "Method Not Allowed",
         410 => "Gone",
@@ -471,6 +484,11 @@ fn serve_connection(shared: &Shared, stream: TcpStream) -> std::io::Result<()> {
     while let Some(req) = read_request(&mut reader) {
         let q: Vec<String> = req.query.iter().map(|(k, v)| format!("{k}={v}")).collect();
         shared.log.lock().unwrap().push(format!("{} {}?{}", req.method, req.path, q.join("&")));
+        let wanted = shared.token.lock().unwrap().as_ref().map(|t| format!("Bearer {t}"));
+        if wanted.is_some_and(|w| w != req.authorization) {
+            respond(&mut w, 401, &status(401, "Unauthorized", "Unauthorized"))?;
+            continue;
+        }
         if req.method != "GET" {
             respond(&mut w, 405, &status(405, "MethodNotAllowed", "the fake API server only reads"))?;
             continue;

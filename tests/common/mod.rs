@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod daemonset;
 pub mod fakeapi;
 pub mod frames;
 pub mod node;
@@ -23,6 +24,18 @@ use serde_json::{json, Value};
 pub const BIN: &str = env!("CARGO_BIN_EXE_ebpfcni");
 /// The Kubernetes side (watches, metrics, install --node-name).
 pub const AGENT_BIN: &str = env!("CARGO_BIN_EXE_ebpfcni-agent");
+
+/// A tool a test needs: missing, the test skips loudly, or fails under CI=true.
+pub fn have(tool: &str, probe: &[&str]) -> bool {
+    if Command::new(tool).args(probe).output().is_ok_and(|o| o.status.success()) {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{tool} is missing: scripts/deps.sh installs it (CI=true forbids skipping)");
+    }
+    eprintln!("\n*** SKIPPED: {tool} is not installed (scripts/deps.sh) ***\n");
+    false
+}
 
 /// Runs a CNI plugin binary as a runtime does: `command` and the pod in
 /// the `CNI_*` environment (interface eth0, the reference plugins on
