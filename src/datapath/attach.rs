@@ -106,8 +106,20 @@ fn attach_tcx(dir: &Path, prog: BorrowedFd<'_>, host_if: &str, ifindex: u32, egr
     // A pin left by a crashed ADD for this veth name is stale.
     let _ = fs::remove_file(&pin);
     let side = if egress { "egress" } else { "ingress" };
-    let link = tcx_link_create(prog, ifindex as i32, egress)
-        .with_context(|| format!("attach tcx {side} to {host_if} (ifindex {ifindex})"))?;
+    // EEXIST: the program is still attached by a link whose last reference
+    // just went (its pin removed): the kernel releases links from a
+    // workqueue, so it goes a moment later.
+    let mut tries = 0;
+    let link = loop {
+        match tcx_link_create(prog, ifindex as i32, egress) {
+            Err(e) if e.raw_os_error() == Some(nix::errno::Errno::EEXIST as i32) && tries < 100 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => break other,
+        }
+    }
+    .with_context(|| format!("attach tcx {side} to {host_if} (ifindex {ifindex})"))?;
     let c = cpath(&pin)?;
     // SAFETY: valid link fd and NUL-terminated path.
     let ret = unsafe { libbpf_sys::bpf_obj_pin(link.as_raw_fd(), c.as_ptr()) };
