@@ -43,9 +43,13 @@ pub fn scapy(pod: &Pod, script: &str) -> String {
 /// `secs` seconds; the count of frames matching the Python expression
 /// `lfilter` (of `p`) comes back.
 pub fn capture_on(netns: Option<&str>, iface: &str, lfilter: &str, secs: u32) -> std::thread::JoinHandle<u64> {
+    // The sniffer says when it is up (a loaded machine takes seconds to
+    // import scapy): frames sent before would be missed.
     let script = format!(
         "from scapy.all import *\nconf.verb = 0\n\
-         print(len(sniff(iface='{iface}', timeout={secs}, lfilter=lambda p: {lfilter})))"
+         n = len(sniff(iface='{iface}', timeout={secs}, lfilter=lambda p: {lfilter}, \
+                       started_callback=lambda: print('up', flush=True)))\n\
+         print(n)"
     );
     let mut cmd = match netns {
         Some(ns) => {
@@ -55,11 +59,14 @@ pub fn capture_on(netns: Option<&str>, iface: &str, lfilter: &str, secs: u32) ->
         }
         None => Command::new(PYTHON),
     };
-    let child = cmd.args(["-c", &script]).stdout(Stdio::piped()).spawn().expect("start capture");
-    std::thread::sleep(Duration::from_millis(800)); // the sniffer is up
+    let mut child = cmd.args(["-c", &script]).stdout(Stdio::piped()).spawn().expect("start capture");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+    let first = lines.next().and_then(Result::ok);
+    assert_eq!(first.as_deref(), Some("up"), "the sniffer did not start");
     std::thread::spawn(move || {
-        let out = child.wait_with_output().unwrap();
-        String::from_utf8_lossy(&out.stdout).trim().parse().expect("capture count")
+        let count = lines.next().and_then(Result::ok).unwrap_or_default();
+        let _ = child.wait();
+        count.trim().parse().expect("capture count")
     })
 }
 
