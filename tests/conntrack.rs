@@ -139,7 +139,9 @@ fn a_flood_of_drops_from_one_pod_leaves_room_for_the_others_events() {
     let mut net = TestNet::new("ctevents", 172, json!({}));
     let (a, b, c) = (net.add_pod("a"), net.add_pod("b"), net.add_pod("c"));
     let (mac_a, mac_c, ip_c) = (mac_of(&a), mac_of(&c), c.ip(4));
-    let mon = monitor(&net, &["--json", "--count", "40", "--duration", "5"]);
+    // Stopped by SIGINT once b's frame is out (a loaded machine may take
+    // seconds to send a's 500): a fixed duration could end before it.
+    let mon = monitor(&net, &["--json", "--count", "40", "--duration", "120"]);
     registered(&net, mon.id());
     // 500 spoofed packets from a: 500 drops.
     let before = stats_field(&net, a.ip(4), "drop_spoofed");
@@ -158,6 +160,8 @@ fn a_flood_of_drops_from_one_pod_leaves_room_for_the_others_events() {
         _ => unreachable!(),
     };
     b.send_frame(icmp_frame(c.mac(), b.mac(), spoofed_by_b, dst));
+    std::thread::sleep(Duration::from_millis(1500));
+    let _ = Command::new("kill").args(["-INT", &mon.id().to_string()]).status();
     let out = mon.wait_with_output().unwrap();
     let events = json_lines(&out.stdout);
     let of_a = events.iter().filter(|e| e["pod"].as_str().unwrap_or("").starts_with(&format!("{}(", a.ip(4)))).count();
@@ -176,18 +180,24 @@ fn a_flood_of_drops_from_one_pod_leaves_room_for_the_others_events() {
 fn capture(pod: &Pod, filters: &[&str], secs: u32) -> std::thread::JoinHandle<Vec<u64>> {
     let counts: Vec<String> = filters.iter().map(|f| format!("len([p for p in pk if {f}])")).collect();
     let script = format!(
-        "from scapy.all import *\nconf.verb = 0\npk = sniff(iface='eth0', timeout={secs})\nprint({})",
+        "from scapy.all import *\nconf.verb = 0\n\
+         pk = sniff(iface='eth0', timeout={secs}, started_callback=lambda: print('up', flush=True))\nprint({})",
         counts.join(", ")
     );
-    let child = Command::new("ip")
+    let mut child = Command::new("ip")
         .args(["netns", "exec", &pod.netns, PYTHON, "-c", &script])
         .stdout(Stdio::piped())
         .spawn()
         .expect("start capture");
-    std::thread::sleep(Duration::from_millis(800)); // the sniffer is up
+    // The sniffer says when it is up (frames sent before would be missed).
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut out, &mut first).unwrap();
+    assert_eq!(first.trim(), "up", "the sniffer did not start");
     std::thread::spawn(move || {
-        let out = child.wait_with_output().unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let mut text = String::new();
+        out.read_to_string(&mut text).unwrap();
+        let _ = child.wait();
         text.split_whitespace().map(|n| n.parse().unwrap_or_else(|_| panic!("capture: {text:?}"))).collect()
     })
 }
