@@ -24,7 +24,8 @@ const POLICY_MAPS: &[&str] = &["ipcache", "iprules", "identity_flags"];
 /// Opens the network's datapath, rebuilding what is missing: the one way
 /// every CNI command and `ebpfcni repair` load it.
 pub fn load(conf: &NetConf) -> Result<Datapath> {
-    let dp = Datapath::load_with(&conf.bpf_pin_path, &conf.name, &|maps, fresh| refill(conf, maps, fresh))?;
+    let dp =
+        Datapath::load_with(&conf.bpf_pin_path, &conf.name, &conf.sizes, &|maps, fresh| refill(conf, maps, fresh))?;
     if !dp.fresh.is_empty() {
         let n = reattach(conf, &dp)?;
         // A network's first load creates every map and finds no pod: no news.
@@ -43,7 +44,8 @@ pub fn load(conf: &NetConf) -> Result<Datapath> {
 /// even when no map was missing (a link pin removed by hand). Returns the
 /// rebuilt maps and the pods attached.
 pub fn repair(conf: &NetConf) -> Result<(Vec<String>, usize)> {
-    let dp = Datapath::load_with(&conf.bpf_pin_path, &conf.name, &|maps, fresh| refill(conf, maps, fresh))?;
+    let dp =
+        Datapath::load_with(&conf.bpf_pin_path, &conf.name, &conf.sizes, &|maps, fresh| refill(conf, maps, fresh))?;
     let n = reattach(conf, &dp)?;
     Ok((dp.fresh, n))
 }

@@ -22,7 +22,7 @@ pub fn status(conf: &NetConf) -> Result<()> {
         match Datapath::open_pinned(&conf.bpf_pin_path, &conf.name) {
             Ok(Some(_)) => {}
             Ok(None) => {
-                if let Err(e) = datapath::probe_load() {
+                if let Err(e) = datapath::probe_load(&conf.sizes) {
                     missing.push(format!("the BPF program cannot be loaded: {e:#}"));
                 }
             }
