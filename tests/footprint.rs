@@ -4,7 +4,8 @@
 //! this machine and, computed from the per-CPU share, on 128 CPUs; a full
 //! map refusing the next pod by name and reported until there is room;
 //! sizes raised in the config taking effect at the next ADD with the
-//! running pods' entries and counters kept.
+//! running pods' entries and counters kept; lowered below what the maps
+//! hold, refused.
 
 mod common;
 
@@ -132,4 +133,20 @@ fn full_map_refuses_the_next_pod_and_sizes_grow_in_place() {
     assert_eq!(n["full_maps"], json!([]), "{n}");
     let after = net.stats_of(pods[0].ip(4))["packets"].as_u64().unwrap();
     assert!(after > before, "counters restarted at the resize: {before} then {after}");
+
+    // Lowered below what the maps hold: ADD refuses the config (code 7),
+    // nothing is dropped; DEL with the pod's old config (runtimes cache
+    // it) keeps the maps' sizes.
+    let mut small = net.conf.clone();
+    small["maxPods"] = json!(4);
+    let netns6 = net.new_netns("p5");
+    let id6 = format!("{}-p5-0123456789", net.name);
+    let err = error_json(&net.cni("ADD", &small, &id6, Some(&format!("/run/netns/{netns6}")), "eth0"));
+    assert_eq!(err["code"], 7, "{err}");
+    assert!(err["msg"].as_str().unwrap().contains("map pods holds 5 entries"), "{err}");
+    assert_eq!(bpftool_map(&net, "pods")["max_entries"], 8);
+    ok(net.cni("DEL", &small, &pods[3].container_id, Some(&pods[3].netns_path()), "eth0"));
+    assert_eq!(bpftool_map(&net, "pods")["max_entries"], 8, "a DEL resized the maps");
+    assert!(pods[0].ping(pods[1].ip(4), 1), "pods after the refused shrink");
+    assert_eq!(map(&status(&net), "pods")["entries"], 4);
 }

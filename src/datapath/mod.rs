@@ -28,7 +28,7 @@ pub use maps::{
     IDENTITY_CIDR_MIN, IDENTITY_HOST, IDENTITY_POD_MIN, IDENTITY_WORLD, ISOLATED_EGRESS, ISOLATED_INGRESS, MAP_NAMES,
     SETTINGS_F_HAS_DENY, SETTINGS_F_POLICY, SETTINGS_F_TRACE_FLOWS,
 };
-pub use pins::{bpffs_available, lock_dir, network_dir, pinned_programs, probe_load, Datapath};
+pub use pins::{bpffs_available, lock_dir, network_dir, pinned_programs, probe_load, Datapath, Sizing, TooSmall};
 pub use query::{Hook, NetworkPrograms};
 pub use reader::{claim_events, release_dead_reader};
 pub use rulebook::RuleBook;

@@ -124,14 +124,14 @@ impl Datapath {
     /// them first when this binary's program or any of its maps is not
     /// there. `refill(maps, fresh)` then rebuilds the derived state of the
     /// maps that start empty, under the pin directory's lock (it must not
-    /// take it again) and before any pod is switched to the program. Maps
-    /// of other sizes than `sizes` are a layout change like any other:
-    /// the program is loaded again with maps of these sizes, filled from
-    /// the old ones.
+    /// take it again) and before any pod is switched to the program. With
+    /// `Sizing::Config`, maps of other sizes are a layout change like any
+    /// other: the program is loaded again with maps of the config's
+    /// sizes, filled from the old ones.
     pub fn load_with(
         pin_root: &Path,
         network: &str,
-        sizes: &MapSizes,
+        sizing: Sizing<'_>,
         refill: &dyn Fn(&Maps, &[String]) -> Result<()>,
     ) -> Result<Self> {
         ensure_bpffs(pin_root)?;
@@ -140,8 +140,11 @@ impl Datapath {
         let _lock = lock_dir(&dir)?;
         let complete = PROG_PREFIXES.iter().all(|p| dir.join(format!("{p}{BPF_ID}")).exists())
             && MAP_NAMES.iter().all(|m| dir.join(m).exists())
-            && sized_as(&dir, sizes);
-        let fresh = if complete { Vec::new() } else { load_and_pin(&dir, sizes, refill)? };
+            && match sizing {
+                Sizing::Config(sizes) => sized_as(&dir, sizes),
+                Sizing::Pinned(_) => true,
+            };
+        let fresh = if complete { Vec::new() } else { load_and_pin(&dir, sizing, refill)? };
         Ok(Datapath {
             prog: open_prog(&dir, PROG_PREFIX)?,
             prog_to: open_prog(&dir, PROG_TO_PREFIX)?,
@@ -215,6 +218,40 @@ pub fn bpffs_available(pin_root: &Path) -> bool {
     is_bpffs(existing) || (pin_root.starts_with(DEFAULT_BPFFS) && Path::new(DEFAULT_BPFFS).is_dir())
 }
 
+/// Which sizes a load gives the maps.
+#[derive(Clone, Copy)]
+pub enum Sizing<'a> {
+    /// The config's: maps of other sizes are replaced (ADD, repair).
+    Config(&'a MapSizes),
+    /// The pinned maps' own, the config's for a missing one: DEL, CHECK
+    /// and GC may come with the config a pod was added with (runtimes
+    /// cache it), older than the one in force.
+    Pinned(&'a MapSizes),
+}
+
+/// A size the config gives a map below the entries it holds: applying it
+/// would drop some (a pod's entries among them).
+#[derive(Debug)]
+pub struct TooSmall {
+    pub map: String,
+    pub entries: usize,
+    pub max: u32,
+}
+
+impl std::fmt::Display for TooSmall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let setting = MapSizes::setting_of(&self.map).unwrap_or("its size");
+        write!(
+            f,
+            "map {} holds {} entries, more than the {} the config's {setting} gives it: raise {setting}, or remove \
+             what it holds first",
+            self.map, self.entries, self.max
+        )
+    }
+}
+
+impl std::error::Error for TooSmall {}
+
 /// Whether every sized map pinned in `dir` has the size `sizes` gives it
 /// (the rest of its layout is this build's when its program is pinned).
 fn sized_as(dir: &Path, sizes: &MapSizes) -> bool {
@@ -240,11 +277,32 @@ struct Replaced {
 
 /// Loads this build's program, shares or replaces the pinned maps, moves
 /// every pod onto the program, and returns the maps that started empty.
-fn load_and_pin(dir: &Path, sizes: &MapSizes, refill: &dyn Fn(&Maps, &[String]) -> Result<()>) -> Result<Vec<String>> {
+fn load_and_pin(
+    dir: &Path,
+    sizing: Sizing<'_>,
+    refill: &dyn Fn(&Maps, &[String]) -> Result<()>,
+) -> Result<Vec<String>> {
     remove_temporaries(dir);
     let mut object = MaybeUninit::uninit();
     let mut open = DatapathSkelBuilder::default().open(&mut object).context("open BPF skeleton")?;
+    let (Sizing::Config(sizes) | Sizing::Pinned(sizes)) = sizing;
     sizes.apply(open.open_object_mut())?;
+    for mut map in open.open_object_mut().maps_mut() {
+        let name = map.name().to_string_lossy().into_owned();
+        let Ok(old) = MapHandle::from_pinned_path(dir.join(&name)) else { continue };
+        let Some(want) = sizes.max_entries(&name) else { continue };
+        let max = old.info().with_context(|| format!("map {name} info"))?.info.max_entries;
+        match sizing {
+            Sizing::Pinned(_) => map.set_max_entries(max).with_context(|| format!("keep the size of map {name}"))?,
+            Sizing::Config(_) if want < max => {
+                let entries = old.keys().count();
+                if entries > want as usize {
+                    return Err(TooSmall { map: name, entries, max: want }.into());
+                }
+            }
+            Sizing::Config(_) => {}
+        }
+    }
     let layouts: Vec<(String, String)> = open
         .open_object()
         .maps()
