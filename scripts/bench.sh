@@ -27,6 +27,8 @@ REF_CONF='{"cniVersion":"1.0.0","name":"bench-ref","type":"bridge","bridge":"ben
 
 cleanup() {
     for i in $(seq 0 "$N"); do ip netns del "bench-$i" 2>/dev/null || true; done
+    for i in $(seq 1 1000); do ip netns del "benchm-$i" 2>/dev/null || true; done
+    ip link del benchmem0 2>/dev/null || true
     ip link del benchebpf0 2>/dev/null || true
     ip link del benchref0 2>/dev/null || true
     rm -rf "$WORK" /sys/fs/bpf/ebpfcni-bench
@@ -76,6 +78,47 @@ for m in tcx tc; do
 done
 echo "(target: ebpfcni ADD mean <= 0.50 x reference)"
 
+# Kernel memory of one network (what `ebpfcni status` reads: memlock of
+# every pinned map) with N pods, each of which has sent a packet (so its
+# counters exist): 10 and 100 pods at the default config, 1,000 with
+# maxPods 1024. The per-CPU share is what each possible CPU adds; the
+# 128-CPU figure is the total with that share counted 128 times.
+# Targets: <= 8 MiB for 100 pods at the default config on this machine,
+# <= 64 MiB computed for 128 CPUs.
+mem_conf() { # max_pods
+    echo '{"cniVersion":"1.0.0","name":"bench-mem","type":"ebpfcni","bridge":"benchmem0","subnet":"10.252.4.0/22","dataDir":"'$WORK'/mem","bpfPinPath":"/sys/fs/bpf/ebpfcni-bench","attachMode":"tc","ipForward":false'"${1:+,\"maxPods\":$1}"'}'
+}
+mem() { # pods [max_pods]
+    local conf i
+    conf=$(mem_conf "${2:-}")
+    for i in $(seq 1 "$1"); do
+        ip netns add "benchm-$i"
+        echo "$conf" | CNI_COMMAND=ADD CNI_CONTAINERID="benchm-$i" CNI_NETNS="/run/netns/benchm-$i" \
+            CNI_IFNAME=eth0 "$BIN" >/dev/null || { echo "ADD of pod $i failed" >&2; exit 1; }
+        ip netns exec "benchm-$i" ping -q -c 1 -W 1 10.252.4.1 >/dev/null
+    done
+    "$BIN" status --json --network bench-mem --pin-path /sys/fs/bpf/ebpfcni-bench | python3 -c '
+import json, sys
+n = json.load(sys.stdin)["networks"][0]
+m = n["memory"]
+mib = lambda b: b / 1048576
+print("%-6s %-9s %10.2f %12.1f %6d %12.2f" % (sys.argv[1], sys.argv[2], mib(m["bytes"]), m["per_cpu_bytes"] / 1024,
+      m["possible_cpus"], mib(m["bytes_at_128_cpus"])))' "$1" "${2:-default}" || true
+    for i in $(seq 1 "$1"); do
+        echo "$conf" | CNI_COMMAND=DEL CNI_CONTAINERID="benchm-$i" CNI_NETNS="/run/netns/benchm-$i" \
+            CNI_IFNAME=eth0 "$BIN" >/dev/null || true
+        ip netns del "benchm-$i"
+    done
+    ip link del benchmem0 2>/dev/null || true
+    rm -rf "$WORK/mem" /sys/fs/bpf/ebpfcni-bench/bench-mem
+}
+printf '\nkernel memory of one network (memlock of its maps)\n'
+printf '%-6s %-9s %10s %12s %6s %12s\n' pods maxPods "MiB" "KiB per CPU" CPUs "MiB at 128"
+mem 10
+mem 100
+mem 1000 1024
+echo "(targets: 100 pods <= 8 MiB here, <= 64 MiB at 128 CPUs)"
+
 # Per packet: from_pod run by the kernel on synthetic TCP SYNs
 # (BPF_PROG_TEST_RUN) with what `policy sync` makes of N NetworkPolicies
 # over 2N pods (named ports, ipBlocks and a 1-65535 range among them; the
@@ -84,14 +127,19 @@ echo "(target: ebpfcni ADD mean <= 0.50 x reference)"
 # new conntrack entry), beside a packet of the established flow measured
 # the same way (one packet a run). The costs must stay flat in N.
 field() { sed 's/.*"'$1'": \([0-9]*\).*/\1/'; }
+# With BASELINE=<an older ebpfcni binary>, the same runs of that build
+# interleaved with this one's (before/after in one run).
 printf '\nclassifier cost per packet (BPF_PROG_TEST_RUN, ns)\n'
-printf '%-12s %8s %14s %12s %18s %10s\n' policies entries established "new flow" "established, 1/run" "decision"
+printf '%-9s %-12s %8s %14s %12s %18s %10s\n' build policies entries established "new flow" "established, 1/run" "decision"
 for n in 10 1000; do
-    out=$("$BIN" bench-datapath --policies "$n" --repeat 1000000 --new-flows 20000)
-    est=$(field established_ns_per_packet <<<"$out")
-    new=$(field new_flow_ns <<<"$out")
-    single=$(field established_single_run_ns <<<"$out")
-    printf '%-12s %8s %14s %12s %18s %10s\n' "$n" "$(field entries <<<"$out")" "$est" "$new" "$single" "$((new - single))"
+    for build in ${BASELINE:+baseline} this; do
+        bin=$BIN; [[ $build == baseline ]] && bin=$BASELINE
+        out=$("$bin" bench-datapath --policies "$n" --repeat 1000000 --new-flows 20000)
+        est=$(field established_ns_per_packet <<<"$out")
+        new=$(field new_flow_ns <<<"$out")
+        single=$(field established_single_run_ns <<<"$out")
+        printf '%-9s %-12s %8s %14s %12s %18s %10s\n' "$build" "$n" "$(field entries <<<"$out")" "$est" "$new" "$single" "$((new - single))"
+    done
 done
 
 # Cross-node: pod to pod against node to node, both routing modes.

@@ -147,7 +147,10 @@ fn policies_follow_the_cluster_and_stay_when_it_is_gone() {
     }
     assert_eq!(status()["last_reconcile"]["ok"], true);
     let network = format!("network=\"{}\"", net.name);
-    let drops = sample(&m, &format!("ebpfcni_drops_total{{{network},reason=\"policy\"}}")).unwrap();
+    let drops: f64 = ["egress", "ingress"]
+        .iter()
+        .map(|d| sample(&m, &format!("ebpfcni_drops_total{{{network},reason=\"policy\",direction=\"{d}\"}}")).unwrap())
+        .sum();
     assert!(drops >= 3.0, "policy drops not counted: {m}");
     // Five passes changed verdicts; the last may still be being counted
     // (its switch is in force before the pass ends).

@@ -1,5 +1,6 @@
 //! `ebpfcni-agent metrics`: a policy drop a test causes with real packets is
-//! counted at the Prometheus endpoint, under its network and reason.
+//! counted at the Prometheus endpoint, under its network, reason and
+//! direction.
 
 mod common;
 
@@ -39,8 +40,11 @@ fn policy_drop_is_counted_at_the_endpoint() {
 
     let network = format!("network=\"{}\"", net.name);
     let before = scrape(&addr);
-    let drops = |t: &str| sample(t, "ebpfcni_drops_total", &format!("{network},reason=\"policy\""));
-    assert_eq!(drops(&before), Some(0.0), "{before}");
+    let drops = |t: &str, direction: &str| {
+        sample(t, "ebpfcni_drops_total", &format!("{network},reason=\"policy\",direction=\"{direction}\""))
+    };
+    assert_eq!(drops(&before, "egress"), Some(0.0), "{before}");
+    assert_eq!(drops(&before, "ingress"), Some(0.0), "{before}");
     let sent_before = sample(&before, "ebpfcni_pod_sent_packets_total", &network).unwrap();
     assert!(sent_before >= 1.0, "{before}");
     assert_eq!(sample(&before, "ebpfcni_pods", &network), Some(2.0), "{before}");
@@ -51,10 +55,25 @@ fn policy_drop_is_counted_at_the_endpoint() {
         assert!(!a.ping(b.ip(4), 1), "the deny did not hold");
     }
     let after = scrape(&addr);
-    assert_eq!(drops(&after), Some(3.0), "{after}");
+    // Refused as a's own traffic, in a's from_pod.
+    assert_eq!(drops(&after, "egress"), Some(3.0), "{after}");
+    assert_eq!(drops(&after, "ingress"), Some(0.0), "{after}");
     assert_eq!(sample(&after, "ebpfcni_policy_rules", &network), Some(1.0), "{after}");
     assert!(sample(&after, "ebpfcni_map_entries", &format!("{network},map=\"endpoints\"")).unwrap() >= 2.0);
     assert!(sample(&after, "ebpfcni_map_capacity", &format!("{network},map=\"conntrack\"")).unwrap() > 0.0);
     assert!(after.contains("# TYPE ebpfcni_drops counter"), "{after}");
+
+    // The node -> b is refused on its way into b (to_pod): ingress, under b.
+    ok(net.cli(&["policy", "deny", "any", &b.ip(4).to_string(), "--proto", "icmp"]));
+    for _ in 0..2 {
+        let out = sh(&format!("ping -q -c 1 -W 1 {}", b.ip(4)));
+        assert!(!out.status.success(), "the node's ping passed the deny");
+    }
+    let later = scrape(&addr);
+    assert_eq!(drops(&later, "ingress"), Some(2.0), "{later}");
+    assert_eq!(drops(&later, "egress"), Some(3.0), "{later}");
+    assert_eq!(net.stats_of(b.ip(4))["drop_policy_ingress"], 2, "{:?}", net.stats_of(b.ip(4)));
+    assert_eq!(net.stats_of(a.ip(4))["drop_policy_egress"], 3, "{:?}", net.stats_of(a.ip(4)));
+    assert_eq!(net.stats_of(a.ip(4))["drop_policy"], 3, "the CLI's total is both directions");
     drop(server);
 }

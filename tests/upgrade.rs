@@ -2,7 +2,10 @@
 //! compiled from git (the commit's tree, `cargo build --release`), wire
 //! pods on a node, and this build takes over under a ping every 10 ms
 //! that must lose nothing; then back one release. The releases are the
-//! commits that landed: 72b84ad (the first) and 4dd0585 (the previous).
+//! commits that landed: 72b84ad (the first), 4dd0585, and c31be24 (the
+//! previous). 4dd0585 checks map sizes only, so it cannot take back maps
+//! whose max entries changed (this build sizes them from the config):
+//! downgrades go to c31be24, which migrates them.
 
 mod common;
 
@@ -16,7 +19,8 @@ use common::{privileged, Pod};
 use serde_json::json;
 
 const FIRST_RELEASE: &str = "72b84ad2e5c049f16539d031a81ce84c3e78ec96";
-const PREVIOUS_RELEASE: &str = "4dd0585";
+const SECOND_RELEASE: &str = "4dd0585";
+const PREVIOUS_RELEASE: &str = "c31be24";
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -112,10 +116,24 @@ fn ping_ok(from: &Pod, to: &Pod) {
     assert!(from.ping(v4(to), 3), "{} cannot reach {}", from.netns, v4(to));
 }
 
+/// The packets `ip` sent, as `bin` reads the node's stats map.
+fn packets_of(node: &Node, bin: &str, ip: IpAddr) -> u64 {
+    let out = Command::new(bin)
+        .args(["maps", "dump", "stats", "--json", "--network", node.conf["name"].as_str().unwrap(), "--pin-path"])
+        .arg(&node.pin_path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{bin} maps dump stats: {}", String::from_utf8_lossy(&out.stderr));
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    rows.iter().find(|r| r["ip"] == json!(ip)).and_then(|r| r["packets"].as_u64()).unwrap_or(0)
+}
+
 /// Two pods of `from`'s build keep pinging each other while this build
 /// wires a third pod, then removes one of the old ones; optionally the
-/// node then goes back to `back_to` under the same ping.
-fn upgrade(tag: &str, id: u8, from: &str, back_to: Option<&str>) {
+/// node then goes back to `back_to` under the same ping. From a build
+/// whose stats shares this build's counters (`counters_kept`), the pods'
+/// counters go on from where they were.
+fn upgrade(tag: &str, id: u8, from: &str, back_to: Option<&str>, counters_kept: bool) {
     if !privileged() {
         return;
     }
@@ -127,11 +145,20 @@ fn upgrade(tag: &str, id: u8, from: &str, back_to: Option<&str>) {
     let gone = node.add_pod_using(old, "gone");
     ping_ok(&a, &b);
 
+    // `gone` sends these three and nothing more before its DEL.
+    ping_ok(&gone, &b);
+    let sent_before = if counters_kept { packets_of(&node, old, v4(&gone)) } else { 0 };
+
     let ping = Pinger::start(&a, v4(&b), 400);
     std::thread::sleep(std::time::Duration::from_millis(500));
     // This build's first call takes the node over: program switched on
     // every pod, maps migrated.
     let c = node.add_pod("c");
+    if counters_kept {
+        // Restarted, they would be gone (no packet since the switch).
+        let sent_after = packets_of(&node, common::BIN, v4(&gone));
+        assert!(sent_before >= 3 && sent_after == sent_before, "gone sent {sent_before} packets, then {sent_after}");
+    }
     node.del_pod(&gone);
     let d = node.add_pod("d");
     let (sent, got) = ping.finish();
@@ -163,10 +190,15 @@ fn upgrade(tag: &str, id: u8, from: &str, back_to: Option<&str>) {
 
 #[test]
 fn upgrade_from_the_first_release_loses_no_packet() {
-    upgrade("up-first", 21, FIRST_RELEASE, None);
+    upgrade("up-first", 21, FIRST_RELEASE, None, false);
+}
+
+#[test]
+fn upgrade_from_the_second_release_and_back_to_the_previous_loses_no_packet() {
+    upgrade("up-second", 22, SECOND_RELEASE, Some(PREVIOUS_RELEASE), false);
 }
 
 #[test]
 fn upgrade_from_the_previous_release_and_back_loses_no_packet() {
-    upgrade("up-prev", 22, PREVIOUS_RELEASE, Some(PREVIOUS_RELEASE));
+    upgrade("up-prev", 23, PREVIOUS_RELEASE, Some(PREVIOUS_RELEASE), true);
 }

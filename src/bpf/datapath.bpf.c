@@ -19,30 +19,36 @@
 #define TC_ACT_REDIRECT 7
 #define PACKET_HOST 0
 
+/* Map sizes are the default config's (maxPods 256, conntrack.maxEntries
+ * 32768, policy.*): the loader sets each network's own before load
+ * (src/datapath/sizes.rs, which a unit test keeps equal to these). */
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
+	__uint(max_entries, 768);
 	__type(key, struct ip_key);
 	__type(value, struct endpoint_info);
 } endpoints SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
+	__uint(max_entries, 256);
 	__type(key, __u32);
 	__type(value, struct pod_info);
 } pods SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
-	__uint(max_entries, 65536);
+	__uint(max_entries, 768);
+	/* Per-CPU values cost CPUs x entries: allocated when a pod first counts. */
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct ip_key);
 	__type(value, struct traffic_stats);
 } stats SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(max_entries, 131072);
+	__uint(max_entries, 32768);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct ipcache_key);
 	__type(value, struct ipcache_value);
@@ -50,7 +56,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(max_entries, 262144);
+	__uint(max_entries, 131072);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct policy_key);
 	__type(value, struct policy_value);
@@ -58,7 +64,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
+	__uint(max_entries, 16384);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct identity_key);
 	__type(value, __u32);
@@ -73,35 +79,35 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
+	__uint(max_entries, 32768);
 	__type(key, struct ct_key);
 	__type(value, struct ct_value);
 } conntrack SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
+	__uint(max_entries, 8192);
 	__type(key, struct ct_key);
 	__type(value, struct ct_new_value);
 } ct_new SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
+	__uint(max_entries, 256);
 	__type(key, __u32);
 	__type(value, struct ct_budget);
 } ct_budget SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 8192);
+	__uint(max_entries, 2048);
 	__type(key, struct frag_key);
 	__type(value, __u64); /* last fragment seen, ns */
 } frags SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 16384);
+	__uint(max_entries, 4096);
 	__type(key, struct ct_key);
 	__type(value, struct hostflow_value);
 } hostflows SEC(".maps");
@@ -120,7 +126,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 16384);
+	__uint(max_entries, 1024);
 	__type(key, struct event_source);
 	__type(value, __u64);
 } event_limit SEC(".maps");
@@ -334,17 +340,17 @@ int from_pod(struct __sk_buff *skb)
 		return TC_ACT_SHOT;
 	}
 	if ((void *)(eth + 1) > data_end)
-		return drop(skb, &pod->addr, &p, REASON_PARSE, COUNT_DROP_PARSE, DIR_FROM_POD);
+		return drop(skb, &pod->addr, &p, REASON_PARSE, COUNT_DROP_PARSE_EGRESS, DIR_FROM_POD);
 	if (!mac_equal(eth->h_source, pod->mac))
 		return drop(skb, &pod->addr, &p, REASON_SPOOFED_MAC, COUNT_DROP_SPOOFED, DIR_FROM_POD);
 	/* A tag the veth carries beside the frame hides what is inside. */
 	if (skb->vlan_present)
-		return drop(skb, &pod->addr, &p, REASON_ETHERTYPE, COUNT_DROP_PARSE, DIR_FROM_POD);
+		return drop(skb, &pod->addr, &p, REASON_ETHERTYPE, COUNT_DROP_PARSE_EGRESS, DIR_FROM_POD);
 	if (eth->h_proto == bpf_htons(ETH_P_ARP)) {
 		int honest = arp_is_honest(skb, pod);
 
 		if (honest < 0)
-			return drop(skb, &pod->addr, &p, REASON_PARSE, COUNT_DROP_PARSE, DIR_FROM_POD);
+			return drop(skb, &pod->addr, &p, REASON_PARSE, COUNT_DROP_PARSE_EGRESS, DIR_FROM_POD);
 		if (!honest)
 			return drop(skb, &pod->addr, &p, REASON_SPOOFED_ARP, COUNT_DROP_SPOOFED, DIR_FROM_POD);
 		return TC_ACT_OK;
@@ -352,11 +358,11 @@ int from_pod(struct __sk_buff *skb)
 
 	parsed = packet_parse(skb, &p);
 	if (parsed == PARSE_ERROR)
-		return drop(skb, &pod->addr, &p, REASON_PARSE, COUNT_DROP_PARSE, DIR_FROM_POD);
+		return drop(skb, &pod->addr, &p, REASON_PARSE, COUNT_DROP_PARSE_EGRESS, DIR_FROM_POD);
 	/* A pod speaks IPv4, IPv6 and ARP; anything else (VLAN tags in the
 	 * frame, QinQ, other ethertypes) could carry what no check sees. */
 	if (parsed == PARSE_NOT_IP)
-		return drop(skb, &pod->addr, &p, REASON_ETHERTYPE, COUNT_DROP_PARSE, DIR_FROM_POD);
+		return drop(skb, &pod->addr, &p, REASON_ETHERTYPE, COUNT_DROP_PARSE_EGRESS, DIR_FROM_POD);
 	/* A pod is no router: its advertisements and redirects would steer
 	 * other pods' and the node's traffic (CVE-2020-10749). */
 	if (p.router_message)
@@ -380,9 +386,9 @@ int from_pod(struct __sk_buff *skb)
 		int ct = ct_policy_allows(s, &p, ifindex);
 
 		if (ct == CT_DENIED)
-			return drop(skb, &pod->addr, &p, REASON_POLICY, COUNT_DROP_POLICY, DIR_FROM_POD);
+			return drop(skb, &pod->addr, &p, REASON_POLICY, COUNT_DROP_POLICY_EGRESS, DIR_FROM_POD);
 		if (ct == CT_NO_ROOM)
-			return drop(skb, &pod->addr, &p, REASON_CT_FULL, COUNT_DROP_POLICY, DIR_FROM_POD);
+			return drop(skb, &pod->addr, &p, REASON_CT_FULL, COUNT_DROP_POLICY_EGRESS, DIR_FROM_POD);
 	}
 
 	/* Sent traffic counts under its source, one of the pod's own
@@ -463,13 +469,13 @@ static __always_inline int pod_ingress(struct __sk_buff *skb, const struct setti
 		 * so it does not bury real drops. */
 		if (ip_key_is_group(&p->dst))
 			return TC_ACT_SHOT;
-		return drop_at(skb, ifindex, &pod->addr, p, REASON_POLICY, COUNT_DROP_POLICY, DIR_TO_POD);
+		return drop_at(skb, ifindex, &pod->addr, p, REASON_POLICY, COUNT_DROP_POLICY_INGRESS, DIR_TO_POD);
 	}
 	ct = ct_policy_allows(s, p, ifindex);
 	if (ct == CT_DENIED)
-		return drop_at(skb, ifindex, &pod->addr, p, REASON_POLICY, COUNT_DROP_POLICY, DIR_TO_POD);
+		return drop_at(skb, ifindex, &pod->addr, p, REASON_POLICY, COUNT_DROP_POLICY_INGRESS, DIR_TO_POD);
 	if (ct == CT_NO_ROOM)
-		return drop_at(skb, ifindex, &pod->addr, p, REASON_CT_FULL, COUNT_DROP_POLICY, DIR_TO_POD);
+		return drop_at(skb, ifindex, &pod->addr, p, REASON_CT_FULL, COUNT_DROP_POLICY_INGRESS, DIR_TO_POD);
 	if (tracing(s))
 		event_emit_at(ifindex, p, EVENT_PASSED, REASON_NONE, DIR_TO_POD);
 	return TC_ACT_OK;
@@ -491,7 +497,7 @@ int to_pod(struct __sk_buff *skb)
 	}
 	parsed = packet_parse(skb, &p);
 	if (parsed == PARSE_ERROR)
-		return drop(skb, &pod->addr, &p, REASON_PARSE, COUNT_DROP_PARSE, DIR_TO_POD);
+		return drop(skb, &pod->addr, &p, REASON_PARSE, COUNT_DROP_PARSE_INGRESS, DIR_TO_POD);
 	if (parsed == PARSE_NOT_IP || p.nd)
 		return TC_ACT_OK;
 	hostflow_note_peer(ifindex, &p);

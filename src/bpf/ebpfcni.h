@@ -38,16 +38,20 @@ struct pod_info {
 };
 
 /* stats: per-CPU counters per pod address: what the pod sent, by source
- * address; drops, under the pod's first address. */
+ * address; drops, under the pod's first address, by direction: egress is
+ * the pod's own traffic refused (from_pod; for policy, its egress policy
+ * or a local destination's ingress policy), ingress is traffic to the pod
+ * refused (to_pod, from_peer). Spoofing is only ever egress. */
 struct traffic_stats {
 	__u64 packets;    /* sent by the pod */
 	__u64 bytes;
 	__u64 redirected; /* past the host: bpf_redirect_peer to a pod of the node, or the fast path to another node's */
 	__u64 passed;     /* handed to the bridge / host stack */
 	__u64 drop_spoofed;
-	__u64 drop_policy;
-	__u64 reserved; /* was drop_no_endpoint, which nothing counted: kept for the layout */
-	__u64 drop_parse;
+	__u64 drop_policy_egress;
+	__u64 drop_policy_ingress;
+	__u64 drop_parse_egress;
+	__u64 drop_parse_ingress;
 };
 
 /* Identities (Cilium's model): what policy speaks of. A pod's address

@@ -7,8 +7,10 @@ enum count_kind {
 	COUNT_REDIRECTED,
 	COUNT_PASSED,
 	COUNT_DROP_SPOOFED,
-	COUNT_DROP_POLICY,
-	COUNT_DROP_PARSE,
+	COUNT_DROP_POLICY_EGRESS,  /* from_pod: the pod's own traffic refused */
+	COUNT_DROP_POLICY_INGRESS, /* to_pod, from_peer: traffic to the pod refused */
+	COUNT_DROP_PARSE_EGRESS,
+	COUNT_DROP_PARSE_INGRESS,
 	COUNT_RECEIVED_ONLY, /* to_pod: allowed in, not counted as sent */
 };
 
@@ -22,7 +24,9 @@ static __always_inline void stats_count(const struct ip_key *pod, __u32 len, enu
 	if (!st) {
 		struct traffic_stats zero = {};
 
-		/* BPF_NOEXIST: another CPU may have created it meanwhile. */
+		/* BPF_NOEXIST: another CPU may have created it meanwhile. The
+		 * map is not preallocated: this allocates the entry's per-CPU
+		 * values, and fails once the map is full (status reports it). */
 		bpf_map_update_elem(&stats, pod, &zero, BPF_NOEXIST);
 		st = bpf_map_lookup_elem(&stats, pod);
 		if (!st)
@@ -43,11 +47,17 @@ static __always_inline void stats_count(const struct ip_key *pod, __u32 len, enu
 	case COUNT_DROP_SPOOFED:
 		st->drop_spoofed++;
 		break;
-	case COUNT_DROP_POLICY:
-		st->drop_policy++;
+	case COUNT_DROP_POLICY_EGRESS:
+		st->drop_policy_egress++;
+		break;
+	case COUNT_DROP_POLICY_INGRESS:
+		st->drop_policy_ingress++;
+		break;
+	case COUNT_DROP_PARSE_INGRESS:
+		st->drop_parse_ingress++;
 		break;
 	default:
-		st->drop_parse++;
+		st->drop_parse_egress++;
 		break;
 	}
 }

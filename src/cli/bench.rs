@@ -14,7 +14,7 @@ use libbpf_rs::ProgramInput;
 use serde_json::{json, Value};
 
 use crate::datapath::bench::{maps_of, skb_ctx, DatapathSkelBuilder};
-use crate::datapath::{EndpointEntry, PodEntry};
+use crate::datapath::{EndpointEntry, MapSizes, PodEntry, ADDRESSES_PER_POD};
 use crate::policy::PolicySet;
 
 #[derive(Args)]
@@ -104,7 +104,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             .context("no interface besides lo")?,
     };
     let mut object = MaybeUninit::uninit();
-    let open = DatapathSkelBuilder::default().open(&mut object).context("open BPF skeleton")?;
+    let mut open = DatapathSkelBuilder::default().open(&mut object).context("open BPF skeleton")?;
+    // The default config's sizes, with room for the 2N pods.
+    let defaults = MapSizes::default();
+    let pods = (2 * n + 1).div_ceil(ADDRESSES_PER_POD).max(defaults.max_pods);
+    MapSizes { max_pods: pods, ..defaults }.apply(open.open_object_mut())?;
     let skel = open.load().context("load BPF program")?;
     let maps = maps_of(&skel)?;
     let mac = [2, 0, 0, 0, 0, 1];

@@ -223,20 +223,35 @@ fn dump(args: &DumpArgs) -> Result<()> {
                 j,
                 rows,
                 &format!(
-                    "{:<40} {:>9} {:>11} {:>10} {:>8} {:>8} {:>8} {:>8}",
-                    "POD IP", "PACKETS", "BYTES", "REDIRECTED", "PASSED", "SPOOFED", "POLICY", "PARSE"
+                    "{:<40} {:>9} {:>11} {:>10} {:>8} {:>8} {:>15} {:>15}",
+                    "POD IP",
+                    "PACKETS",
+                    "BYTES",
+                    "REDIRECTED",
+                    "PASSED",
+                    "SPOOFED",
+                    "POLICY (OUT/IN)",
+                    "PARSE (OUT/IN)"
                 ),
                 &|r: &Value| {
+                    let split = |what: &str| {
+                        format!(
+                            "{} ({}/{})",
+                            s(&r[what]),
+                            s(&r[format!("{what}_egress").as_str()]),
+                            s(&r[format!("{what}_ingress").as_str()])
+                        )
+                    };
                     format!(
-                        "{:<40} {:>9} {:>11} {:>10} {:>8} {:>8} {:>8} {:>8}",
+                        "{:<40} {:>9} {:>11} {:>10} {:>8} {:>8} {:>15} {:>15}",
                         s(&r["ip"]),
                         s(&r["packets"]),
                         s(&r["bytes"]),
                         s(&r["redirected"]),
                         s(&r["passed"]),
                         s(&r["drop_spoofed"]),
-                        s(&r["drop_policy"]),
-                        s(&r["drop_parse"])
+                        split("drop_policy"),
+                        split("drop_parse")
                     )
                 },
             )

@@ -77,7 +77,21 @@ fn network_status(dir: &Path, name: &str) -> Result<Value> {
         "conntrack": maps.conntrack_fill()?,
         "errors": crate::policy::report::load(dir)?,
     });
+    let usage = datapath::footprint::usage(dir)?;
+    v["memory"] = serde_json::to_value(datapath::footprint::total(&usage)?)?;
+    v["full_maps"] = json!(usage.iter().filter(|m| m.full).map(|m| m.name.clone()).collect::<Vec<_>>());
+    v["maps"] = serde_json::to_value(&usage)?;
     Ok(v)
+}
+
+/// Bytes for people: KiB, MiB.
+fn human(bytes: &Value) -> String {
+    let b = bytes.as_f64().unwrap_or(0.0);
+    if b >= 1024.0 * 1024.0 {
+        format!("{:.1} MiB", b / (1024.0 * 1024.0))
+    } else {
+        format!("{:.1} KiB", b / 1024.0)
+    }
 }
 
 /// The agent's state file, and what the node holds of its work: its
@@ -255,6 +269,31 @@ fn print_table(node: &Value, features: &[datapath::Feature], pin_path: &Path) {
         );
         for e in p["errors"].as_array().into_iter().flatten() {
             println!("  policy error: {}", e.as_str().unwrap_or(""));
+        }
+        let mem = &n["memory"];
+        println!(
+            "  memory:    {} of kernel memory in maps, of which {} per CPU ({} CPUs; on 128 CPUs: {})",
+            human(&mem["bytes"]),
+            human(&mem["per_cpu_bytes"]),
+            mem["possible_cpus"],
+            human(&mem["bytes_at_128_cpus"])
+        );
+        for m in n["maps"].as_array().into_iter().flatten() {
+            let fill = match m["entries"].as_u64() {
+                Some(e) => format!("{e}/{}", m["max_entries"]),
+                None => format!("-/{}", m["max_entries"]),
+            };
+            println!(
+                "    {:<15} {:>15} entries {:>11}{}",
+                m["name"].as_str().unwrap_or(""),
+                fill,
+                human(&m["memlock"]),
+                if m["full"] == true { "  FULL: new entries are refused" } else { "" }
+            );
+        }
+        for m in n["full_maps"].as_array().into_iter().flatten().filter_map(Value::as_str) {
+            let setting = datapath::MapSizes::setting_of(m).unwrap_or("its size");
+            println!("  map full:  {m}: new entries are refused (raise {setting} in the network config)");
         }
     }
 }

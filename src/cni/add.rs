@@ -7,7 +7,7 @@ use anyhow::{anyhow, bail, Context, Result};
 
 use super::config::NetConf;
 use super::env::CniEnv;
-use super::error::{CniError, INVALID_CONFIG, INVALID_ENV};
+use super::error::{CniError, INVALID_CONFIG, INVALID_ENV, TRY_AGAIN_LATER};
 use super::host_veth_name;
 use super::result::{ip_config, mac_string, AddResult, Interface, RouteJson};
 use super::undo::Undo;
@@ -172,7 +172,9 @@ fn add_in_scope<'s, 'e>(
         if fresh {
             undo.push(format!("remove endpoint {ip}"), move || dp.maps.remove_endpoint(ip));
         }
-        dp.maps.put_endpoint(&EndpointEntry { ip, ifindex: host_link.index, mac: pod_mac, flags })?;
+        dp.maps
+            .put_endpoint(&EndpointEntry { ip, ifindex: host_link.index, mac: pod_mac, flags })
+            .map_err(|e| no_room(conf, e))?;
     }
     // The pod's identity for policy and its entry for anti-spoofing: both
     // in place before the first packet can flow.
@@ -187,13 +189,13 @@ fn add_in_scope<'s, 'e>(
                 policy::unregister_pod(maps, &owned)
             });
         }
-        policy::register_pod(maps, &ips, host_link.index)?;
+        policy::register_pod(maps, &ips, host_link.index).map_err(|e| no_room(conf, e))?;
     }
     let ifindex = host_link.index;
     if fresh {
         undo.push("remove pod entry", move || maps.remove_pod(ifindex));
     }
-    maps.put_pod(&PodEntry { ifindex, addr: allocs[0].address.addr, mac: pod_mac })?;
+    maps.put_pod(&PodEntry { ifindex, addr: allocs[0].address.addr, mac: pod_mac }).map_err(|e| no_room(conf, e))?;
     // The truth the maps are rebuilt from when they are lost.
     let record = AttachmentRecord {
         container_id: env.container_id.clone(),
@@ -210,6 +212,17 @@ fn add_in_scope<'s, 'e>(
     undo.commit();
 
     Ok(build_result(conf, &bridge, &host_link, &pod_link, netns_path.display().to_string(), &allocs, routes))
+}
+
+/// A map too full for the pod refuses it (code 11: kubelet retries),
+/// saying which map and what to raise in the message runtimes show.
+fn no_room(conf: &NetConf, e: anyhow::Error) -> anyhow::Error {
+    match e.chain().find_map(|c| c.downcast_ref::<datapath::MapFull>()) {
+        Some(full) => {
+            CniError::error(TRY_AGAIN_LATER, format!("network {} has no room for another pod: {full}", conf.name))
+        }
+        None => e,
+    }
 }
 
 /// A requested MAC another pod of the network already has would let this

@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use super::error::{CniError, DECODE_FAILURE, INCOMPATIBLE_VERSION, INVALID_CONFIG};
 use super::version;
-use crate::datapath::AttachMode;
+use crate::datapath::{AttachMode, MapSizes};
 use crate::ipam::{Cidr, IpRange};
 
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/networks";
@@ -47,6 +47,8 @@ struct RawConf {
     #[serde(rename = "nonMasqueradeCIDRs")]
     non_masquerade_cidrs: Option<Vec<String>>,
     routing: Option<String>,
+    max_pods: Option<u32>,
+    conntrack: Option<RawConntrack>,
     // Set by the runtime or reserved by the spec.
     args: Option<RawArgs>,
     runtime_config: Option<RawRuntimeConfig>,
@@ -93,6 +95,15 @@ struct RawDns {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct RawPolicy {
     default_action: Option<String>,
+    max_addresses: Option<u32>,
+    max_entries: Option<u32>,
+    max_identities: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawConntrack {
+    max_entries: Option<u32>,
 }
 
 /// `args.cni`: only `ips` is ours; other keys belong to other plugins.
@@ -218,6 +229,8 @@ pub struct NetConf {
     pub log_level: LogLevel,
     /// `policy.defaultAction: deny`: only what a rule allows passes.
     pub default_deny: bool,
+    /// The maps' sizes (`maxPods`, `conntrack.maxEntries`, `policy.max*`).
+    pub sizes: MapSizes,
     pub prev_result: Option<Value>,
     /// The `dns` object, as the result carries it.
     pub dns: Option<Value>,
@@ -328,7 +341,22 @@ impl NetConf {
         }
         validate_route_gateways(&routes, &rangesets)?;
 
-        let default_deny = match raw.policy.and_then(|p| p.default_action).as_deref() {
+        let defaults = MapSizes::default();
+        let policy = raw.policy.unwrap_or(RawPolicy {
+            default_action: None,
+            max_addresses: None,
+            max_entries: None,
+            max_identities: None,
+        });
+        let sizes = MapSizes {
+            max_pods: raw.max_pods.unwrap_or(defaults.max_pods),
+            conntrack: raw.conntrack.and_then(|c| c.max_entries).unwrap_or(defaults.conntrack),
+            policy_addresses: policy.max_addresses.unwrap_or(defaults.policy_addresses),
+            policy_entries: policy.max_entries.unwrap_or(defaults.policy_entries),
+            policy_identities: policy.max_identities.unwrap_or(defaults.policy_identities),
+        };
+        sizes.validate().map_err(|e| invalid(format!("{e:#}")))?;
+        let default_deny = match policy.default_action.as_deref() {
             None | Some("allow") => false,
             Some("deny") => true,
             Some(other) => bail!(invalid(format!("policy.defaultAction {other:?} is not one of allow, deny"))),
@@ -382,6 +410,7 @@ impl NetConf {
             log_file: raw.log_file,
             log_level,
             default_deny,
+            sizes,
             prev_result: raw.prev_result,
             dns: raw.dns.map(|d| serde_json::to_value(d).expect("dns serializes")),
             requested_ips,
@@ -580,6 +609,44 @@ mod tests {
     }
 
     #[test]
+    fn map_sizes_default_and_are_validated() {
+        let base = |extra: &str| {
+            format!(r#"{{"cniVersion":"1.0.0","name":"n","type":"ebpfcni","subnet":"10.1.0.0/24"{extra}}}"#)
+        };
+        assert_eq!(NetConf::parse(base("").as_bytes()).unwrap().sizes, MapSizes::default());
+        let c = NetConf::parse(
+            base(r#","maxPods":4,"conntrack":{"maxEntries":4096},"policy":{"defaultAction":"deny","maxAddresses":100,"maxEntries":200,"maxIdentities":300}"#)
+                .as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(
+            c.sizes,
+            MapSizes {
+                max_pods: 4,
+                conntrack: 4096,
+                policy_addresses: 100,
+                policy_entries: 200,
+                policy_identities: 300
+            }
+        );
+        assert!(c.default_deny);
+        for bad in [
+            r#","maxPods":0"#,
+            r#","maxPods":70000"#,
+            r#","maxPods":-1"#,
+            r#","maxPods":"many""#,
+            r#","conntrack":{"maxEntries":10}"#,
+            r#","conntrack":{"max":10}"#,
+            r#","policy":{"maxEntries":1}"#,
+            r#","policy":{"maxIdentities":4294967296}"#,
+        ] {
+            assert_eq!(code(&base(bad)), INVALID_CONFIG, "{bad}");
+        }
+        let e = NetConf::parse(base(r#","maxPods":0"#).as_bytes()).unwrap_err().to_string();
+        assert!(e.contains("maxPods 0 is outside 1-65536"), "{e}");
+    }
+
+    #[test]
     fn runtime_requests_and_gc_lists_are_read() {
         let c = NetConf::parse(
             br#"{"cniVersion":"1.1.0","name":"n","type":"ebpfcni","subnet":"10.1.0.0/24",
@@ -642,6 +709,8 @@ mod tests {
             "prevResult",
             "capabilities",
             "cni.dev/valid-attachments",
+            "maxPods",
+            "conntrack",
         ];
         let values = [
             r#""1.0.0""#,
@@ -671,6 +740,8 @@ mod tests {
             r#"{"cni":{"ips":["10.1.0.5","10.1.0.6","zz"]}}"#,
             r#"{"ips":["10.1.0.7/24"],"mac":"ff:ff:ff:ff:ff:ff"}"#,
             r#"{"defaultAction":"deny"}"#,
+            r#"{"defaultAction":"deny","maxEntries":0}"#,
+            r#"{"maxEntries":65536}"#,
             r#"{"nameservers":["1.1.1.1"]}"#,
             r#"[{"containerID":"a","ifname":"eth0"}]"#,
             r#""\u0000""#,

@@ -53,8 +53,13 @@ pub fn to_json(err: &anyhow::Error, cni_version: &str) -> ErrorJson {
     let code = err
         .chain()
         .find_map(|c| c.downcast_ref::<CniError>().map(|e| e.code))
+        .or_else(|| err.chain().any(|c| c.is::<crate::datapath::TooSmall>()).then_some(INVALID_CONFIG))
         .or_else(|| {
-            err.chain().any(|c| c.downcast_ref::<crate::ipam::Exhausted>().is_some()).then_some(TRY_AGAIN_LATER)
+            // No address left, or no room left in a map: a node at its
+            // limit, until a pod goes (or the limit is raised).
+            err.chain()
+                .any(|c| c.is::<crate::ipam::Exhausted>() || c.is::<crate::datapath::MapFull>())
+                .then_some(TRY_AGAIN_LATER)
         })
         .unwrap_or(IO_FAILURE);
     let msg = err.to_string();

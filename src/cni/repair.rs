@@ -12,7 +12,7 @@ use anyhow::Result;
 use super::config::NetConf;
 use super::{host_veth_name, link_local};
 use crate::datapath::{
-    self, Attached, Datapath, EndpointEntry, Maps, PodEntry, SETTINGS_F_HAS_DENY, SETTINGS_F_POLICY,
+    self, Attached, Datapath, EndpointEntry, Maps, PodEntry, Sizing, SETTINGS_F_HAS_DENY, SETTINGS_F_POLICY,
 };
 use crate::ipam::{attachments, format_mac, read_leases, AttachmentRecord};
 use crate::netlink::Netlink;
@@ -21,10 +21,15 @@ use crate::policy;
 /// The maps policy is made of: one missing means the whole set is gone.
 const POLICY_MAPS: &[&str] = &["ipcache", "iprules", "identity_flags"];
 
-/// Opens the network's datapath, rebuilding what is missing: the one way
-/// every CNI command and `ebpfcni repair` load it.
+/// Opens the network's datapath, rebuilding what is missing, its maps of
+/// the config's sizes: the one way ADD, the agent and `ebpfcni repair`
+/// load it.
 pub fn load(conf: &NetConf) -> Result<Datapath> {
-    let dp = Datapath::load_with(&conf.bpf_pin_path, &conf.name, &|maps, fresh| refill(conf, maps, fresh))?;
+    load_sized(conf, Sizing::Config(&conf.sizes))
+}
+
+fn load_sized(conf: &NetConf, sizing: Sizing<'_>) -> Result<Datapath> {
+    let dp = Datapath::load_with(&conf.bpf_pin_path, &conf.name, sizing, &|maps, fresh| refill(conf, maps, fresh))?;
     if !dp.fresh.is_empty() {
         let n = reattach(conf, &dp)?;
         // A network's first load creates every map and finds no pod: no news.
@@ -43,14 +48,16 @@ pub fn load(conf: &NetConf) -> Result<Datapath> {
 /// even when no map was missing (a link pin removed by hand). Returns the
 /// rebuilt maps and the pods attached.
 pub fn repair(conf: &NetConf) -> Result<(Vec<String>, usize)> {
-    let dp = Datapath::load_with(&conf.bpf_pin_path, &conf.name, &|maps, fresh| refill(conf, maps, fresh))?;
+    let sizing = Sizing::Config(&conf.sizes);
+    let dp = Datapath::load_with(&conf.bpf_pin_path, &conf.name, sizing, &|maps, fresh| refill(conf, maps, fresh))?;
     let n = reattach(conf, &dp)?;
     Ok((dp.fresh, n))
 }
 
 /// The datapath of a network something is pinned for (this build's, an
 /// older one's, or part of either), loaded and rebuilt; None when nothing
-/// is pinned: DEL and GC then have no map entry to remove.
+/// is pinned: DEL and GC then have no map entry to remove. The maps keep
+/// their sizes (DEL may come with the config of the pod's ADD).
 pub fn load_existing(conf: &NetConf) -> Result<Option<Datapath>> {
     let dir = datapath::network_dir(&conf.bpf_pin_path, &conf.name);
     let pinned = std::fs::read_dir(&dir)
@@ -59,7 +66,7 @@ pub fn load_existing(conf: &NetConf) -> Result<Option<Datapath>> {
         .flatten()
         .any(|e| datapath::MAP_NAMES.contains(&e.file_name().to_string_lossy().as_ref()));
     if pinned {
-        load(conf).map(Some)
+        load_sized(conf, Sizing::Pinned(&conf.sizes)).map(Some)
     } else {
         Ok(None)
     }

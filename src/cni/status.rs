@@ -20,9 +20,17 @@ pub fn status(conf: &NetConf) -> Result<()> {
         missing.push(format!("bpfPinPath {} is not on a bpf filesystem", conf.bpf_pin_path.display()));
     } else {
         match Datapath::open_pinned(&conf.bpf_pin_path, &conf.name) {
-            Ok(Some(_)) => {}
+            // The next ADD would find no room (at the config's size, which
+            // it would resize the maps to).
+            Ok(Some(dp)) => {
+                let pods = dp.maps.pods()?.len();
+                if pods >= conf.sizes.max_pods as usize {
+                    missing
+                        .push(format!("the network is full: {pods} pods attached, maxPods is {}", conf.sizes.max_pods));
+                }
+            }
             Ok(None) => {
-                if let Err(e) = datapath::probe_load() {
+                if let Err(e) = datapath::probe_load(&conf.sizes) {
                     missing.push(format!("the BPF program cannot be loaded: {e:#}"));
                 }
             }

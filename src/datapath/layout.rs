@@ -161,6 +161,79 @@ pub fn same_entries(a: &str, b: &str) -> bool {
     entries(a) == entries(b)
 }
 
+/// How a value of layout `old` becomes one of `new` when only the value
+/// changed (same type and key): the fields both have, by name and shape,
+/// as (old byte offset, new byte offset, length); a field only `new` has
+/// starts at zero. None when no field is shared or either value is not
+/// a struct. For counters, where zero is what a field that has not
+/// counted yet holds (see pins.rs: never for derived state).
+pub fn conversion(old: &str, new: &str) -> Option<Vec<(usize, usize, usize)>> {
+    fn part<'a>(l: &'a str, p: &str) -> Option<&'a str> {
+        l.split(' ').find_map(|x| x.strip_prefix(p))
+    }
+    if part(old, "type=")? != part(new, "type=")? || part(old, "key=")? != part(new, "key=")? {
+        return None;
+    }
+    let members = |l: &str| -> Option<Vec<(String, usize, String)>> {
+        let shape = part(l, "value=")?.split_once(':')?.1;
+        let inner = shape.strip_prefix('s')?.split_once('{')?.1.strip_suffix('}')?;
+        top_level(inner)
+            .into_iter()
+            .map(|m| {
+                let (name, rest) = m.split_once('@')?;
+                let (bits, shape) = rest.split_once(':')?;
+                let bits: usize = bits.parse().ok()?;
+                bits.is_multiple_of(8).then(|| (name.to_string(), bits / 8, shape.to_string()))
+            })
+            .collect()
+    };
+    let (was, now) = (members(old)?, members(new)?);
+    let copies: Vec<(usize, usize, usize)> = now
+        .iter()
+        .filter_map(|(name, to, shape)| {
+            let (_, from, _) = was.iter().find(|(n, _, s)| n == name && s == shape)?;
+            Some((*from, *to, shape_size(shape)?))
+        })
+        .collect();
+    (!copies.is_empty()).then_some(copies)
+}
+
+/// The members of a struct shape's inside, split at its top-level commas.
+fn top_level(inner: &str) -> Vec<&str> {
+    let (mut out, mut depth, mut start) = (Vec::new(), 0i32, 0);
+    for (i, c) in inner.char_indices() {
+        match c {
+            '{' | '[' => depth += 1,
+            '}' | ']' => depth -= 1,
+            ',' if depth == 0 => {
+                out.push(&inner[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    if start < inner.len() {
+        out.push(&inner[start..]);
+    }
+    out
+}
+
+/// The size in bytes of a shape `Btf::shape` wrote.
+fn shape_size(shape: &str) -> Option<usize> {
+    if shape == "p" {
+        return Some(8);
+    }
+    if let Some(array) = shape.strip_prefix('[').and_then(|a| a.strip_suffix(']')) {
+        let (elem, n) = array.rsplit_once(';')?;
+        return Some(shape_size(elem)? * n.parse::<usize>().ok()?);
+    }
+    let digits: String = shape.chars().skip(1).take_while(char::is_ascii_digit).collect();
+    match shape.chars().next()? {
+        'i' | 'e' | 's' | 'u' => digits.parse().ok(),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,6 +247,18 @@ mod tests {
         assert_ne!(a, b);
         assert!(!same_entries(&a, &c), "a renamed field is a new meaning");
         assert!(!same_entries(&a, &describe(9, 4, 8, 100, 0, "i4", "s8{a@0:i4,b@32:i4}")));
+    }
+
+    #[test]
+    fn values_convert_field_by_name() {
+        let old = describe(5, 16, 24, 100, 0, "s16{addr@0:[i1;16]}", "s24{a@0:i8,gone@64:i8,c@128:s8{x@0:[i1;8]}}");
+        let new = describe(5, 16, 24, 9, 1, "s16{addr@0:[i1;16]}", "s24{c@0:s8{x@0:[i1;8]},a@64:i8,added@128:i8}");
+        assert_eq!(conversion(&old, &new), Some(vec![(16, 0, 8), (0, 8, 8)]));
+        // Another key, another type, a field of another shape: no conversion.
+        let key = describe(5, 4, 24, 100, 0, "i4", "s24{a@0:i8,gone@64:i8,c@128:s8{x@0:[i1;8]}}");
+        assert_eq!(conversion(&key, &new), None);
+        assert_eq!(conversion(&old, &describe(1, 16, 8, 1, 0, "s16{addr@0:[i1;16]}", "s8{a@0:i4,z@32:i4}")), None);
+        assert_eq!(conversion(&old, &describe(5, 16, 8, 1, 0, "s16{addr@0:[i1;16]}", "s8{a@0:i4,z@32:i4}")), None);
     }
 }
 

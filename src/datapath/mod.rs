@@ -5,12 +5,14 @@
 mod attach;
 pub mod bench;
 mod features;
+pub mod footprint;
 mod layout;
 mod maps;
 mod pins;
 mod query;
 mod reader;
 mod rulebook;
+mod sizes;
 mod tunnel;
 
 mod skel {
@@ -21,15 +23,16 @@ mod skel {
 pub use attach::{detach, AttachMode, Attached};
 pub use features::{missing_required, probe as probe_features, Feature};
 pub use maps::{
-    event, proto_name, proto_number, Direction, EndpointEntry, EventLoss, IpcacheEntry, IpcacheKind, Maps, PodEntry,
-    PolicyEntry, Settings, Verdict, ENDPOINT_F_HOST_FLOWS, ENDPOINT_F_TC, ENDPOINT_F_TCX, IDENTITY_ANY,
+    event, proto_name, proto_number, Direction, EndpointEntry, EventLoss, IpcacheEntry, IpcacheKind, MapFull, Maps,
+    PodEntry, PolicyEntry, Settings, Verdict, ENDPOINT_F_HOST_FLOWS, ENDPOINT_F_TC, ENDPOINT_F_TCX, IDENTITY_ANY,
     IDENTITY_CIDR_MIN, IDENTITY_HOST, IDENTITY_POD_MIN, IDENTITY_WORLD, ISOLATED_EGRESS, ISOLATED_INGRESS, MAP_NAMES,
     SETTINGS_F_HAS_DENY, SETTINGS_F_POLICY, SETTINGS_F_TRACE_FLOWS,
 };
-pub use pins::{bpffs_available, lock_dir, network_dir, pinned_programs, probe_load, Datapath};
+pub use pins::{bpffs_available, lock_dir, network_dir, pinned_programs, probe_load, Datapath, Sizing, TooSmall};
 pub use query::{Hook, NetworkPrograms};
 pub use reader::{claim_events, release_dead_reader};
 pub use rulebook::RuleBook;
+pub use sizes::{MapSizes, ADDRESSES_PER_POD};
 pub use tunnel::{
     vxlan_mac, Fastpath, FastpathMap, TunnelTarget, Tunnels, TUNNEL_OVERHEAD_V4, TUNNEL_OVERHEAD_V6, TUNNEL_PORT,
 };

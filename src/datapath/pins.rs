@@ -30,6 +30,7 @@ use nix::sys::statfs::statfs;
 
 use super::layout;
 use super::maps::{Maps, MAP_NAMES};
+use super::sizes::MapSizes;
 use super::skel::DatapathSkelBuilder;
 use super::{attach, BPF_ID};
 
@@ -123,15 +124,27 @@ impl Datapath {
     /// them first when this binary's program or any of its maps is not
     /// there. `refill(maps, fresh)` then rebuilds the derived state of the
     /// maps that start empty, under the pin directory's lock (it must not
-    /// take it again) and before any pod is switched to the program.
-    pub fn load_with(pin_root: &Path, network: &str, refill: &dyn Fn(&Maps, &[String]) -> Result<()>) -> Result<Self> {
+    /// take it again) and before any pod is switched to the program. With
+    /// `Sizing::Config`, maps of other sizes are a layout change like any
+    /// other: the program is loaded again with maps of the config's
+    /// sizes, filled from the old ones.
+    pub fn load_with(
+        pin_root: &Path,
+        network: &str,
+        sizing: Sizing<'_>,
+        refill: &dyn Fn(&Maps, &[String]) -> Result<()>,
+    ) -> Result<Self> {
         ensure_bpffs(pin_root)?;
         let dir = network_dir(pin_root, network);
         fs::create_dir_all(dir.join(LINKS_DIR)).with_context(|| format!("create pin directory {}", dir.display()))?;
         let _lock = lock_dir(&dir)?;
         let complete = PROG_PREFIXES.iter().all(|p| dir.join(format!("{p}{BPF_ID}")).exists())
-            && MAP_NAMES.iter().all(|m| dir.join(m).exists());
-        let fresh = if complete { Vec::new() } else { load_and_pin(&dir, refill)? };
+            && MAP_NAMES.iter().all(|m| dir.join(m).exists())
+            && match sizing {
+                Sizing::Config(sizes) => sized_as(&dir, sizes),
+                Sizing::Pinned(_) => true,
+            };
+        let fresh = if complete { Vec::new() } else { load_and_pin(&dir, sizing, refill)? };
         Ok(Datapath {
             prog: open_prog(&dir, PROG_PREFIX)?,
             prog_to: open_prog(&dir, PROG_TO_PREFIX)?,
@@ -191,9 +204,10 @@ pub fn pinned_programs(dir: &Path) -> Vec<(String, bool)> {
 
 /// Whether this binary's program could be loaded now (for STATUS): loads
 /// it with private maps, pins nothing, and drops it.
-pub fn probe_load() -> Result<()> {
+pub fn probe_load(sizes: &MapSizes) -> Result<()> {
     let mut object = MaybeUninit::uninit();
-    let open = DatapathSkelBuilder::default().open(&mut object).context("open BPF skeleton")?;
+    let mut open = DatapathSkelBuilder::default().open(&mut object).context("open BPF skeleton")?;
+    sizes.apply(open.open_object_mut())?;
     open.load().context("load BPF program (the verifier refused it)")?;
     Ok(())
 }
@@ -203,6 +217,55 @@ pub fn bpffs_available(pin_root: &Path) -> bool {
     let existing = pin_root.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"));
     is_bpffs(existing) || (pin_root.starts_with(DEFAULT_BPFFS) && Path::new(DEFAULT_BPFFS).is_dir())
 }
+
+/// Which sizes a load gives the maps.
+#[derive(Clone, Copy)]
+pub enum Sizing<'a> {
+    /// The config's: maps of other sizes are replaced (ADD, repair).
+    Config(&'a MapSizes),
+    /// The pinned maps' own, the config's for a missing one: DEL, CHECK
+    /// and GC may come with the config a pod was added with (runtimes
+    /// cache it), older than the one in force.
+    Pinned(&'a MapSizes),
+}
+
+/// A size the config gives a map below the entries it holds: applying it
+/// would drop some (a pod's entries among them).
+#[derive(Debug)]
+pub struct TooSmall {
+    pub map: String,
+    pub entries: usize,
+    pub max: u32,
+}
+
+impl std::fmt::Display for TooSmall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let setting = MapSizes::setting_of(&self.map).unwrap_or("its size");
+        write!(
+            f,
+            "map {} holds {} entries, more than the {} the config's {setting} gives it: raise {setting}, or remove \
+             what it holds first",
+            self.map, self.entries, self.max
+        )
+    }
+}
+
+impl std::error::Error for TooSmall {}
+
+/// Whether every sized map pinned in `dir` has the size `sizes` gives it
+/// (the rest of its layout is this build's when its program is pinned).
+fn sized_as(dir: &Path, sizes: &MapSizes) -> bool {
+    MAP_NAMES.iter().all(|name| {
+        let Some(want) = sizes.max_entries(name) else { return true };
+        MapHandle::from_pinned_path(dir.join(name)).and_then(|m| m.info()).is_ok_and(|i| i.info.max_entries == want)
+    })
+}
+
+/// Maps of counters, whose entries keep the fields they share with a new
+/// layout of their value (a field added starts at zero, as a counter that
+/// has not counted yet). Never derived state: a new field there must be
+/// rebuilt from the records.
+const COUNTERS: &[&str] = &["stats", "events_lost"];
 
 /// A pinned map of another layout and what replaces it.
 struct Replaced {
@@ -214,10 +277,32 @@ struct Replaced {
 
 /// Loads this build's program, shares or replaces the pinned maps, moves
 /// every pod onto the program, and returns the maps that started empty.
-fn load_and_pin(dir: &Path, refill: &dyn Fn(&Maps, &[String]) -> Result<()>) -> Result<Vec<String>> {
+fn load_and_pin(
+    dir: &Path,
+    sizing: Sizing<'_>,
+    refill: &dyn Fn(&Maps, &[String]) -> Result<()>,
+) -> Result<Vec<String>> {
     remove_temporaries(dir);
     let mut object = MaybeUninit::uninit();
     let mut open = DatapathSkelBuilder::default().open(&mut object).context("open BPF skeleton")?;
+    let (Sizing::Config(sizes) | Sizing::Pinned(sizes)) = sizing;
+    sizes.apply(open.open_object_mut())?;
+    for mut map in open.open_object_mut().maps_mut() {
+        let name = map.name().to_string_lossy().into_owned();
+        let Ok(old) = MapHandle::from_pinned_path(dir.join(&name)) else { continue };
+        let Some(want) = sizes.max_entries(&name) else { continue };
+        let max = old.info().with_context(|| format!("map {name} info"))?.info.max_entries;
+        match sizing {
+            Sizing::Pinned(_) => map.set_max_entries(max).with_context(|| format!("keep the size of map {name}"))?,
+            Sizing::Config(_) if want < max => {
+                let entries = old.keys().count();
+                if entries > want as usize {
+                    return Err(TooSmall { map: name, entries, max: want }.into());
+                }
+            }
+            Sizing::Config(_) => {}
+        }
+    }
     let layouts: Vec<(String, String)> = open
         .open_object()
         .maps()
@@ -266,9 +351,16 @@ fn load_and_pin(dir: &Path, refill: &dyn Fn(&Maps, &[String]) -> Result<()>) -> 
         let tmp = dir.join(format!("tmp_{name}_{}", std::process::id()));
         map.pin(&tmp).with_context(|| format!("pin map at {}", tmp.display()))?;
         fs::rename(&tmp, dir.join(&name)).with_context(|| format!("replace map {name}"))?;
-        if layout::same_entries(&r.old_layout, &r.new_layout) {
+        let convert = if layout::same_entries(&r.old_layout, &r.new_layout) {
+            Some(None)
+        } else if COUNTERS.contains(&name.as_str()) {
+            layout::conversion(&r.old_layout, &r.new_layout).map(Some)
+        } else {
+            None
+        };
+        if let Some(fields) = convert {
             let new = MapHandle::from_pinned_path(dir.join(&name))?;
-            let lost = copy_entries(&r.old, &new);
+            let lost = copy_entries(&r.old, &new, fields.as_deref());
             if lost > 0 {
                 eprintln!("ebpfcni: map {name}: {lost} entries did not fit its new size");
             }
@@ -307,21 +399,38 @@ fn load_and_pin(dir: &Path, refill: &dyn Fn(&Maps, &[String]) -> Result<()>) -> 
     Ok(fresh)
 }
 
-/// Copies every entry of `old` into `new` (same key and value layout);
-/// returns how many did not fit.
-fn copy_entries(old: &MapHandle, new: &MapHandle) -> usize {
+/// Copies every entry of `old` into `new` (same key; the same value, or
+/// the value's `fields` as layout::conversion gives them); returns how
+/// many did not fit.
+fn copy_entries(old: &MapHandle, new: &MapHandle, fields: Option<&[(usize, usize, usize)]>) -> usize {
     let percpu = old.map_type().is_percpu();
+    let size = new.value_size() as usize;
+    let convert = |v: Vec<u8>| match fields {
+        None => v,
+        Some(fields) => {
+            let mut out = vec![0u8; size];
+            for &(from, to, len) in fields {
+                if let (Some(src), Some(dst)) = (v.get(from..from + len), out.get_mut(to..to + len)) {
+                    dst.copy_from_slice(src);
+                }
+            }
+            out
+        }
+    };
     let keys: Vec<Vec<u8>> = old.keys().collect();
     let mut lost = 0;
     for key in keys {
         let copied = if percpu {
             match old.lookup_percpu(&key, MapFlags::ANY) {
-                Ok(Some(values)) => new.update_percpu(&key, &values, MapFlags::ANY).is_ok(),
+                Ok(Some(values)) => {
+                    let values: Vec<Vec<u8>> = values.into_iter().map(convert).collect();
+                    new.update_percpu(&key, &values, MapFlags::ANY).is_ok()
+                }
                 _ => true, // gone meanwhile
             }
         } else {
             match old.lookup(&key, MapFlags::ANY) {
-                Ok(Some(value)) => new.update(&key, &value, MapFlags::ANY).is_ok(),
+                Ok(Some(value)) => new.update(&key, &convert(value), MapFlags::ANY).is_ok(),
                 _ => true,
             }
         };

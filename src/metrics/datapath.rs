@@ -1,6 +1,6 @@
 //! The datapath's counters, read from every network's pinned maps at
 //! each scrape: what pods sent and how it left (redirected to a local pod,
-//! passed to the host), drops by reason, events lost, conntrack and map
+//! passed to the host), drops by reason and direction, events lost, conntrack and map
 //! fill, policy size.
 
 use std::path::{Path, PathBuf};
@@ -31,7 +31,8 @@ struct Network {
     sent_bytes: u64,
     redirected: u64,
     passed: u64,
-    drops: [(&'static str, u64); 3],
+    /// (reason, direction, packets)
+    drops: [(&'static str, &'static str, u64); 5],
     events_lost: [(&'static str, u64); 2],
     pods: u64,
     endpoints: u64,
@@ -67,9 +68,12 @@ fn read(dir: &Path, name: &str) -> anyhow::Result<Option<Network>> {
         redirected: sum(&|s| s.redirected),
         passed: sum(&|s| s.passed),
         drops: [
-            ("policy", sum(&|s| s.drop_policy)),
-            ("spoofed", sum(&|s| s.drop_spoofed)),
-            ("parse", sum(&|s| s.drop_parse)),
+            ("policy", "egress", sum(&|s| s.drop_policy_egress)),
+            ("policy", "ingress", sum(&|s| s.drop_policy_ingress)),
+            // Only what a pod sends can be spoofed.
+            ("spoofed", "egress", sum(&|s| s.drop_spoofed)),
+            ("parse", "egress", sum(&|s| s.drop_parse_egress)),
+            ("parse", "ingress", sum(&|s| s.drop_parse_ingress)),
         ],
         events_lost: [("ring_full", lost.ring_full), ("rate_limited", lost.rate_limited)],
         pods: maps.pods()?.len() as u64,
@@ -144,9 +148,21 @@ impl Collector for DatapathCollector {
         )?;
         let drops = nets
             .iter()
-            .flat_map(|n| n.drops.iter().map(move |(r, v)| (with(n, "reason", r), ConstCounter::new(*v))))
+            .flat_map(|n| {
+                n.drops.iter().map(move |(r, d, v)| {
+                    let mut labels = with(n, "reason", r);
+                    labels.push(("direction", d.to_string()));
+                    (labels, ConstCounter::new(*v))
+                })
+            })
             .collect();
-        family(&mut e, "ebpfcni_drops", "Packets the datapath dropped, by reason (either direction)", drops)?;
+        family(
+            &mut e,
+            "ebpfcni_drops",
+            "Packets the datapath dropped, by reason and direction (egress: the pod's own traffic; ingress: traffic to \
+             the pod)",
+            drops,
+        )?;
         let lost = nets
             .iter()
             .flat_map(|n| n.events_lost.iter().map(move |(c, v)| (with(n, "cause", c), ConstCounter::new(*v))))

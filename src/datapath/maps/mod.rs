@@ -19,6 +19,7 @@ use serde::Serialize;
 
 pub use self::abi::*;
 pub use self::policy::{Direction, IpcacheEntry, IpcacheKind, PolicyEntry, Verdict};
+pub use self::typed::MapFull;
 use self::typed::TypedMap;
 use super::skel::types::{
     ct_budget, ct_key, ct_new_value, ct_value, endpoint_info, event_loss, event_source, frag_key, hostflow_value,
@@ -86,8 +87,16 @@ pub struct StatsEntry {
     pub redirected: u64,
     pub passed: u64,
     pub drop_spoofed: u64,
+    /// Both directions: the sum of the two below.
     pub drop_policy: u64,
+    /// The pod's own traffic refused.
+    pub drop_policy_egress: u64,
+    /// Traffic to the pod refused.
+    pub drop_policy_ingress: u64,
+    /// Both directions, as drop_policy.
     pub drop_parse: u64,
+    pub drop_parse_egress: u64,
+    pub drop_parse_ingress: u64,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -268,7 +277,11 @@ impl Maps {
                     passed: 0,
                     drop_spoofed: 0,
                     drop_policy: 0,
+                    drop_policy_egress: 0,
+                    drop_policy_ingress: 0,
                     drop_parse: 0,
+                    drop_parse_egress: 0,
+                    drop_parse_ingress: 0,
                 };
                 for s in per_cpu {
                     sum.packets += s.packets;
@@ -276,8 +289,12 @@ impl Maps {
                     sum.redirected += s.redirected;
                     sum.passed += s.passed;
                     sum.drop_spoofed += s.drop_spoofed;
-                    sum.drop_policy += s.drop_policy;
-                    sum.drop_parse += s.drop_parse;
+                    sum.drop_policy_egress += s.drop_policy_egress;
+                    sum.drop_policy_ingress += s.drop_policy_ingress;
+                    sum.drop_policy += s.drop_policy_egress + s.drop_policy_ingress;
+                    sum.drop_parse_egress += s.drop_parse_egress;
+                    sum.drop_parse_ingress += s.drop_parse_ingress;
+                    sum.drop_parse += s.drop_parse_egress + s.drop_parse_ingress;
                 }
                 sum
             })

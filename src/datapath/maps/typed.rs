@@ -75,6 +75,25 @@ pub fn decode<T: Plain>(b: &[u8], what: &str) -> Result<T> {
     Ok(v)
 }
 
+/// A write refused because the map holds its max entries.
+#[derive(Debug)]
+pub struct MapFull {
+    pub map: &'static str,
+    pub max: u32,
+}
+
+impl std::fmt::Display for MapFull {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "map {} is full ({} entries)", self.map, self.max)?;
+        match crate::datapath::MapSizes::setting_of(self.map) {
+            Some(setting) => write!(f, ": raise {setting} in the network config"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl std::error::Error for MapFull {}
+
 /// A map whose keys are `K` and values `V`.
 pub struct TypedMap<K, V> {
     map: MapHandle,
@@ -119,7 +138,15 @@ impl<K: Plain, V: Plain> TypedMap<K, V> {
 
     pub fn put(&self, key: &K, value: &V) -> Result<()> {
         self.check()?;
-        self.map.update(bytes_of(key), bytes_of(value), MapFlags::ANY).with_context(|| format!("write {}", self.name))
+        match self.map.update(bytes_of(key), bytes_of(value), MapFlags::ANY) {
+            Ok(()) => Ok(()),
+            // A hash map says E2BIG, an LPM trie ENOSPC: asking whether
+            // it is full tells both from any other failure.
+            Err(e) => match (self.len(), self.max_entries()) {
+                (Ok(n), Ok(max)) if n >= max as usize => Err(MapFull { map: self.name, max }.into()),
+                _ => Err(e).with_context(|| format!("write {}", self.name)),
+            },
+        }
     }
 
     /// Removes a key; a missing one is fine.
