@@ -3,20 +3,85 @@
 //! ADD in order with each result passed on as prevResult, CHECK in order
 //! and DEL in reverse with the final result, `runtimeConfig` holding only
 //! the capabilities each plugin declares.
+//!
+//! The whole chain runs in a node network namespace of its own: portmap
+//! writes iptables-nft tables (`ip nat`, `ip6 nat`, CNI-HOSTPORT-*) and
+//! bandwidth adds ifb devices, node-wide state that must never land in the
+//! machine's own namespace. Plugins enter it with setns (`nsenter --net`),
+//! not `ip netns exec`, whose fresh /sys would hide the /sys/fs/bpf pins.
 
 mod common;
 
+use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::Output;
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use common::*;
 use serde_json::{json, Value};
 
 const REF_DIR: &str = "/usr/lib/cni";
+/// The node's network namespace: every plugin, and the host side of the
+/// test's traffic and commands, runs in it.
+const NODE_NS: &str = "ebt-chainnode";
+
+/// The node's namespace, created fresh (a killed run's leftover removed
+/// first) and deleted on drop, even when the test panics: its bridge,
+/// veths, ifb devices and iptables/nftables go with it.
+struct NodeNs(String);
+
+impl NodeNs {
+    fn new(name: &str) -> NodeNs {
+        let _ = Command::new("ip").args(["netns", "del", name]).stderr(Stdio::null()).status();
+        let out = sh(&format!("ip netns add {name}"));
+        assert!(out.status.success(), "ip netns add {name}: {}", String::from_utf8_lossy(&out.stderr));
+        let node = NodeNs(name.to_string());
+        // A fresh namespace has lo down; the host side talks to its own
+        // (gateway) address through the port mapping.
+        let out = node.sh("ip link set lo up");
+        assert!(out.status.success(), "lo up in {name}: {}", String::from_utf8_lossy(&out.stderr));
+        node
+    }
+
+    /// A shell command in the node (setns, so /sys/fs/bpf stays visible).
+    fn sh(&self, cmd: &str) -> Output {
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.0))
+            .args(["sh", "-c", cmd])
+            .output()
+            .expect("nsenter")
+    }
+
+    fn sh_out(&self, cmd: &str) -> String {
+        String::from_utf8_lossy(&self.sh(cmd).stdout).into_owned()
+    }
+
+    fn link_exists(&self, name: &str) -> bool {
+        self.sh(&format!("ip link show dev {name}")).status.success()
+    }
+
+    /// Runs `f` inside the node's namespace on a helper thread.
+    fn run_in<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let ns = File::open(format!("/run/netns/{}", self.0)).expect("open node netns");
+        std::thread::spawn(move || {
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            f()
+        })
+        .join()
+        .expect("thread in node")
+    }
+}
+
+impl Drop for NodeNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
 
 struct Chain {
+    /// The node namespace the plugins run in.
+    node: String,
     name: String,
     version: String,
     plugins: Vec<Value>,
@@ -44,7 +109,7 @@ impl Chain {
         }
         let ty = plugin["type"].as_str().unwrap();
         let bin = if ty == "ebpfcni" { BIN.to_string() } else { format!("{REF_DIR}/{ty}") };
-        run_plugin(&bin, command, id, netns, &conf)
+        run_plugin_in(Some(&self.node), &bin, command, id, netns, &conf)
     }
 
     fn add(&self, id: &str, netns: &str) -> Value {
@@ -73,8 +138,10 @@ impl Chain {
     }
 }
 
-fn iptables_nat() -> String {
-    String::from_utf8_lossy(&sh("iptables -t nat -S").stdout).into_owned()
+/// The node's NAT rules (never the machine's: listing them with
+/// iptables-nft there could itself create the table).
+fn iptables_nat(node: &NodeNs) -> String {
+    node.sh_out("iptables -t nat -S")
 }
 
 #[test]
@@ -93,7 +160,11 @@ fn chained_with_portmap_bandwidth_and_tuning() {
     for k in ["name", "cniVersion"] {
         first.as_object_mut().unwrap().remove(k);
     }
+    // Declared before the DEL guard below, so dropped after it: the guard's
+    // DELs still run inside the node.
+    let node = NodeNs::new(NODE_NS);
     let chain = Chain {
+        node: node.0.clone(),
         name: net.name.clone(),
         // The Debian reference plugins speak up to 1.0.0.
         version: "1.0.0".into(),
@@ -111,10 +182,11 @@ fn chained_with_portmap_bandwidth_and_tuning() {
     let ns = net.new_netns("p");
     let netns = format!("/run/netns/{ns}");
     let id = "chain-pod";
-    net.pods.push((ns.clone(), id.into(), "eth0".into()));
+    // Not in `net.pods`: TestNet's drop would DEL in the machine's own
+    // namespace; the guard below DELs the whole chain inside the node.
 
     // Even if ADD or an assertion fails, every plugin's state goes, as the
-    // runtime's DEL would remove it.
+    // runtime's DEL would remove it (then the node's namespace goes).
     struct DelOnDrop<'a>(&'a Chain, Option<Value>, String);
     impl Drop for DelOnDrop<'_> {
         fn drop(&mut self) {
@@ -133,13 +205,13 @@ fn chained_with_portmap_bandwidth_and_tuning() {
     // tuning found the pod's interface through prevResult.
     assert!(netns_sh(&ns, "ip link show eth0").contains("mtu 1400"));
     // bandwidth shaped the host veth it found through prevResult.
-    let qdisc = String::from_utf8_lossy(&sh(&format!("tc qdisc show dev {host_veth}")).stdout).into_owned();
+    let qdisc = String::from_utf8_lossy(&node.sh(&format!("tc qdisc show dev {host_veth}")).stdout).into_owned();
     assert!(qdisc.contains("tbf") || qdisc.contains("ingress"), "{qdisc}");
     // portmap mapped the host port to the pod's address from prevResult.
-    let nat = iptables_nat();
+    let nat = iptables_nat(&node);
     assert!(nat.contains("--dport 18071") && nat.contains(&format!("{pod_ip}:8071")), "{nat}");
 
-    // A real connection through the mapping: host -> gateway:18071 -> pod:8071.
+    // A real connection through the mapping: node -> gateway:18071 -> pod:8071.
     let listen: SocketAddr = format!("{pod_ip}:8071").parse().unwrap();
     let pod = Pod { netns: ns.clone(), container_id: id.into(), ifname: "eth0".into(), result: result.clone() };
     let listener = pod.run_in(move || TcpListener::bind(listen).unwrap());
@@ -149,23 +221,25 @@ fn chained_with_portmap_bandwidth_and_tuning() {
         s.read_exact(&mut b).unwrap();
         s.write_all(b"pong").unwrap();
     });
-    let mut c = TcpStream::connect_timeout(&"10.251.71.1:18071".parse().unwrap(), Duration::from_secs(5))
-        .expect("connect through portmap");
-    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    c.write_all(b"ping").unwrap();
-    let mut reply = [0u8; 4];
-    c.read_exact(&mut reply).unwrap();
+    let reply = node.run_in(|| {
+        let mut c = TcpStream::connect_timeout(&"10.251.71.1:18071".parse().unwrap(), Duration::from_secs(5))
+            .expect("connect through portmap");
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c.write_all(b"ping").unwrap();
+        let mut reply = [0u8; 4];
+        c.read_exact(&mut reply).unwrap();
+        reply
+    });
     assert_eq!(&reply, b"pong");
     server.join().unwrap();
 
     chain.check(&result, id, &netns);
 
     chain.del(&result, id, &netns);
-    net.pods.clear();
-    assert!(!iptables_nat().contains("--dport 18071"), "portmap rules left");
-    let nat6 = String::from_utf8_lossy(&sh("ip6tables -t nat -S").stdout).into_owned();
+    assert!(!iptables_nat(&node).contains("--dport 18071"), "portmap rules left");
+    let nat6 = node.sh_out("ip6tables -t nat -S");
     assert!(!nat6.contains("--dport 18071"), "portmap IPv6 rules left");
-    assert!(!link_exists(&host_veth));
+    assert!(!node.link_exists(&host_veth));
     assert!(net.lease_files().is_empty());
     assert!(net.dump("endpoints").is_empty());
     // DEL of the whole chain again (runtimes retry) still succeeds.
