@@ -406,8 +406,18 @@ fn node_remove_leaves_nothing_behind() {
     assert!(table.contains("masquerade") && table.contains(&n.subnet), "{table}");
     // A repeated ADD of an unchanged network rewrites nothing.
     let handles = n.sh_ok("nft -a list table inet ebpfcni");
-    n.add_pod("b");
+    let b = n.add_pod("b");
     assert_eq!(n.sh_ok("nft -a list table inet ebpfcni"), handles, "an unchanged network's rules were rewritten");
+    // ipMasq turned off: the next ADD (found the network's chain without
+    // listing the table) takes the chain away; turned on, it comes back.
+    let mut plain = n.conf.clone();
+    plain["ipMasq"] = json!(false);
+    for masq in [false, false, true] {
+        let conf = if masq { &n.conf } else { &plain };
+        assert!(n.cni("ebpfcni", "ADD", conf, &b.container_id, &b.netns).status.success());
+        let table = n.sh_ok("nft list table inet ebpfcni");
+        assert_eq!(table.contains("masquerade"), masq, "ipMasq {masq}: {table}");
+    }
     n.del_pod(&a);
     let removed = std::process::Command::new("nsenter")
         .arg(format!("--net=/run/netns/{}", n.ns))

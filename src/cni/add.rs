@@ -73,8 +73,9 @@ fn add_in_scope<'s, 'e>(
                 policy::unregister_pod(&dp.maps, &[ll])?;
             }
             dp.maps.remove_pod(h.index)?;
-            datapath::detach(&dp.dir, host_if)?;
+            // The veth first, then its (defunct) links: see DEL.
             host.delete_link(host_if)?;
+            datapath::detach(&dp.dir, host_if)?;
             host_link = None;
         }
     }

@@ -78,10 +78,15 @@ pub fn del(conf: &NetConf, env: &CniEnv) -> Result<Vec<IpAddr>> {
         let _lock = datapath::lock_dir(&dir)?;
         policy::unregister_pod(maps, &stale)?;
     }
+    // The veth goes first, its programs with it: no moment with the pod's
+    // interface up and unwatched, and the links unpinned after it are
+    // already defunct. Unpinned first, each would make the kernel wait for
+    // an RCU grace period holding RTNL, which the deletion then queues
+    // behind (tens of ms per DEL).
+    host.delete_link(&host_if)?;
     if let Err(e) = datapath::detach(&dir, &host_if) {
         eprintln!("ebpfcni: DEL: {e:#}");
     }
-    host.delete_link(&host_if)?;
     ipam::attachments::remove(&conf.data_dir, &conf.name, &host_if)?;
     ipam::release(&mut DiskStore::open(&conf.data_dir, &conf.name)?, &env.container_id, &env.ifname)?;
     Ok(ips)

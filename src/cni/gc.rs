@@ -41,8 +41,9 @@ pub fn gc(conf: &NetConf) -> Result<Vec<IpAddr>> {
         }
         if !lease.ifname.is_empty() {
             let veth = host_veth_name(&lease.container_id, &lease.ifname);
-            datapath::detach(&dir, &veth)?;
+            // The veth first, then its (defunct) links: see DEL.
             host.delete_link(&veth)?;
+            datapath::detach(&dir, &veth)?;
         }
         store.release(lease.ip)?;
         ipam::attachments::remove(&conf.data_dir, &conf.name, &host_veth_name(&lease.container_id, &lease.ifname))?;
@@ -64,8 +65,8 @@ pub fn gc(conf: &NetConf) -> Result<Vec<IpAddr>> {
     let orphans: HashSet<String> = pinned_links(&dir).into_iter().chain(tagged).collect();
     for veth in orphans {
         if !valid_veths.contains(&veth) {
-            datapath::detach(&dir, &veth)?;
             host.delete_link(&veth)?;
+            datapath::detach(&dir, &veth)?;
         }
     }
     for r in ipam::attachments::load_all(&conf.data_dir, &conf.name) {

@@ -5,6 +5,7 @@
 //! sysctls ebpfcni changed.
 
 mod nft;
+mod nftnl;
 pub mod sysctl;
 
 use anyhow::{bail, Result};
@@ -25,6 +26,9 @@ pub fn ensure(conf: &NetConf) -> Result<()> {
                 }
             }
         }
+    }
+    if !conf.ip_masq && changed.is_empty() && nft::has_nothing_of(&conf.name) {
+        return Ok(()); // nothing to write, nothing of ours to take away
     }
     let Some(table) = Table::read()? else {
         if conf.ip_masq {

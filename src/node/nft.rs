@@ -35,6 +35,16 @@ fn cluster_set(network: &str, v4: bool) -> String {
     format!("{CLUSTER_PREFIX}{}-{network}", if v4 { 4 } else { 6 })
 }
 
+/// Whether the table surely holds nothing of `network` (no masquerade
+/// chain, no cluster set), asked of the kernel directly; false when it
+/// cannot tell, so the caller reads the table with `nft`.
+pub fn has_nothing_of(network: &str) -> bool {
+    let chain = format!("{MASQ_PREFIX}{network}");
+    let (v4, v6) = (cluster_set(network, true), cluster_set(network, false));
+    let objects = [super::nftnl::Object::Chain(&chain), super::nftnl::Object::Set(&v4), super::nftnl::Object::Set(&v6)];
+    matches!(super::nftnl::any_exists(TABLE, &objects), Ok(false))
+}
+
 /// What one network needs masqueraded.
 pub struct Masquerade<'a> {
     pub network: &'a str,
