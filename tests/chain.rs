@@ -57,8 +57,16 @@ impl NodeNs {
         String::from_utf8_lossy(&self.sh(cmd).stdout).into_owned()
     }
 
-    fn link_exists(&self, name: &str) -> bool {
-        self.sh(&format!("ip link show dev {name}")).status.success()
+    /// Whether link `name` is gone from the node, or goes within 10 s
+    /// (DEL leaves the veth's deletion to a child process).
+    fn link_gone(&self, name: &str) -> bool {
+        (0..500).any(|_| {
+            let gone = !self.sh(&format!("ip link show dev {name}")).status.success();
+            if !gone {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            gone
+        })
     }
 
     /// Runs `f` inside the node's namespace on a helper thread.
@@ -239,7 +247,7 @@ fn chained_with_portmap_bandwidth_and_tuning() {
     assert!(!iptables_nat(&node).contains("--dport 18071"), "portmap rules left");
     let nat6 = node.sh_out("ip6tables -t nat -S");
     assert!(!nat6.contains("--dport 18071"), "portmap IPv6 rules left");
-    assert!(!node.link_exists(&host_veth));
+    assert!(node.link_gone(&host_veth));
     assert!(net.lease_files().is_empty());
     assert!(net.dump("endpoints").is_empty());
     // DEL of the whole chain again (runtimes retry) still succeeds.

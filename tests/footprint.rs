@@ -104,7 +104,7 @@ fn full_map_refuses_the_next_pod_and_sizes_grow_in_place() {
         msg.contains("no room") && msg.contains("map pods is full (4 entries)") && msg.contains("maxPods"),
         "{err}"
     );
-    assert!(!link_exists(&host_veth_of(&id)), "the refused ADD left its veth");
+    assert!(link_gone(&host_veth_of(&id)), "the refused ADD left its veth");
     let n = status(&net);
     assert_eq!(n["full_maps"], json!(["pods"]), "{n}");
     assert_eq!((map(&n, "pods")["entries"].clone(), map(&n, "pods")["full"].clone()), (json!(4), json!(true)));

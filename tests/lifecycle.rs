@@ -17,7 +17,7 @@ fn assert_nothing_left(net: &TestNet, host_veths: &[String]) {
         assert_eq!(net.dump("ipcache"), Vec::<Value>::new(), "ipcache entries left");
     }
     for v in host_veths {
-        assert!(!link_exists(v), "veth {v} left");
+        assert!(link_gone(v), "veth {v} left");
     }
 }
 
@@ -36,7 +36,7 @@ fn del_removes_everything_and_is_idempotent() {
     let out = net.del_pod(&a);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.stdout.is_empty(), "DEL must print nothing: {:?}", String::from_utf8_lossy(&out.stdout));
-    assert!(!link_exists(&a.host_veth()));
+    assert!(link_gone(&a.host_veth()));
     assert_eq!(net.lease_files(), vec![b.ip(4).to_string()]);
     assert_eq!(net.link_pins(), vec![b.host_veth()]);
     let eps = net.leased_endpoints();
@@ -102,7 +102,7 @@ fn invalid_configs_get_spec_errors_and_change_nothing() {
     let out = net.cni_raw("ADD", nested.as_bytes(), "c", Some(&ns_path), "eth0");
     assert_eq!(error_json(&out)["code"], 6);
 
-    assert!(!link_exists(&net.bridge), "bridge created for an invalid config");
+    assert!(link_gone(&net.bridge), "bridge created for an invalid config");
     assert!(!net.data_dir.join(&net.name).exists() || net.lease_files().is_empty());
     let links = String::from_utf8_lossy(&sh(&format!("ip netns exec {ns} ip -o link")).stdout).into_owned();
     assert_eq!(links.lines().count(), 1, "pod netns got links: {links}");
@@ -132,7 +132,7 @@ fn bad_environment_gets_code_4_and_changes_nothing() {
     let out = net.cni("FROB", &conf, "c1", Some(&ns_path), "eth0");
     assert_eq!(error_json(&out)["code"], 4, "unknown command");
     assert!(net.lease_files().is_empty());
-    assert!(!link_exists(&net.bridge));
+    assert!(link_gone(&net.bridge));
 }
 
 #[test]
@@ -151,7 +151,7 @@ fn failed_add_rolls_back_and_del_after_it_succeeds() {
     assert!(err["msg"].as_str().unwrap().contains("not a bridge"), "{err}");
     assert!(net.lease_files().is_empty(), "lease kept after failed ADD: {:?}", net.lease_files());
     let veth = host_veth_of("c-rollback");
-    assert!(!link_exists(&veth));
+    assert!(link_gone(&veth));
     // The runtime calls DEL after a failed ADD: it must succeed.
     let out = net.cni("DEL", &net.conf, "c-rollback", Some(&format!("/run/netns/{ns}")), "eth0");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
@@ -166,7 +166,7 @@ fn failed_add_rolls_back_and_del_after_it_succeeds() {
     let out = small.cni("ADD", &small.conf, "c-second", Some(&format!("/run/netns/{ns}")), "eth0");
     assert_eq!(error_json(&out)["code"], 11);
     assert_eq!(small.lease_files(), vec!["10.251.25.2".to_string()]);
-    assert!(!link_exists(&host_veth_of("c-second")));
+    assert!(link_gone(&host_veth_of("c-second")));
 }
 
 #[test]

@@ -48,7 +48,7 @@ fn rules_sharing_a_map_key_never_overwrite_each_other() {
 /// Nothing of a refused ADD stays: no lease, no veth, no link pin.
 fn nothing_left(net: &TestNet, container_id: &str) {
     assert!(net.lease_files().is_empty(), "leases left: {:?}", net.lease_files());
-    assert!(!link_exists(&host_veth_of(container_id)), "veth left behind");
+    assert!(link_gone(&host_veth_of(container_id)), "veth left behind");
     assert!(net.link_pins().is_empty(), "link pins left: {:?}", net.link_pins());
 }
 
@@ -76,7 +76,7 @@ fn the_plugins_own_netns_is_not_a_pod() {
         assert_eq!(err["code"], 4, "{path}: {err}");
         assert!(err["msg"].as_str().unwrap().contains("own network namespace"), "{err}");
         nothing_left(&net, id);
-        assert!(!link_exists("in8eth"), "the node got a pod interface");
+        assert!(link_gone("in8eth"), "the node got a pod interface");
     }
 }
 
@@ -144,7 +144,7 @@ fn a_mac_another_pod_has_is_refused() {
     assert_eq!(err["code"], 4, "{err}");
     assert!(err["msg"].as_str().unwrap().contains("already the MAC"), "{err}");
     assert_eq!(net.lease_files(), leases, "b's lease left behind");
-    assert!(!link_exists(&host_veth_of(id)), "b's veth left behind");
+    assert!(link_gone(&host_veth_of(id)), "b's veth left behind");
     // The same MAC in runtimeConfig: the config's error.
     let mut rc = net.conf.clone();
     rc["runtimeConfig"] = json!({"mac": mac});

@@ -71,7 +71,7 @@ fn del_succeeds_whatever_is_already_gone() {
         ok(out, &format!("DEL with {} gone", missing.join(" + ")));
         // Nothing of the pod is left, whatever was missing.
         assert!(!net.lease_files().contains(&ip), "{missing:?}: lease of {ip} left");
-        assert!(!common::link_exists(&veth), "{missing:?}: veth {veth} left");
+        assert!(common::link_gone(&veth), "{missing:?}: veth {veth} left");
         assert!(!net.link_pins().contains(&veth), "{missing:?}: link pins of {veth} left");
         assert!(!records(&net).contains(&veth), "{missing:?}: attachment record of {veth} left");
         assert!(!endpoint_ips(&net).contains(&ip), "{missing:?}: endpoint {ip} left");
@@ -193,7 +193,7 @@ fn gc_with_no_valid_attachment_releases_everything_but_the_store_itself() {
     assert!(net.lease_files().is_empty(), "leases left: {:?}", net.lease_files());
     assert!(records(&net).is_empty(), "records left: {:?}", records(&net));
     for pod in &pods {
-        assert!(!common::link_exists(&pod.host_veth()));
+        assert!(common::link_gone(&pod.host_veth()));
     }
     let dir = net.data_dir.join(&net.name);
     for kept in ["lock", "last_reserved_ip.0", "boot_id"] {

@@ -20,7 +20,7 @@ fn assert_clean(net: &TestNet, container_ids: &[String]) {
         assert_eq!(net.dump("stats"), Vec::<Value>::new(), "stats left");
     }
     for id in container_ids {
-        assert!(!link_exists(&host_veth_of(id)), "veth of {id} left");
+        assert!(link_gone(&host_veth_of(id)), "veth of {id} left");
     }
     let dir = net.data_dir.join(&net.name);
     let stray: Vec<String> = std::fs::read_dir(&dir)
@@ -145,7 +145,7 @@ fn add_killed_at_any_point_is_cleaned_by_del_or_gc() {
     for id in &ids {
         let veth = host_veth_of(id);
         let detail = String::from_utf8_lossy(&sh(&format!("ip -d link show {veth}")).stdout).into_owned();
-        assert!(!link_exists(&veth), "veth of {id} left: {detail}");
+        assert!(link_gone(&veth), "veth of {id} left: {detail}");
     }
     assert_eq!(netns_sh(&ns, "ip -o link").lines().count(), 1, "victim netns kept an interface");
     // And the network still works for a new pod.
@@ -170,7 +170,7 @@ fn attach_refused_rolls_everything_back() {
     std::fs::remove_dir(blocker.parent().unwrap()).unwrap();
     assert_eq!(net.lease_files().len(), 1, "the refused pod kept its lease");
     assert_eq!(net.leased_endpoints().len(), 1);
-    assert!(!link_exists(&host_veth_of("refused-pod")));
+    assert!(link_gone(&host_veth_of("refused-pod")));
     assert_eq!(netns_sh(&ns, "ip -o link").lines().count(), 1);
     // DEL after the failed ADD succeeds, as runtimes call it.
     ok(net.cni("DEL", &net.conf, "refused-pod", Some(&format!("/run/netns/{ns}")), "eth0"));
@@ -193,5 +193,5 @@ fn oversized_input_and_missing_variables_are_refused() {
         assert_eq!(error_json(&net.cni_raw("ADD", conf.as_bytes(), id, Some(&path), ifname))["code"], 4, "{what}");
     }
     assert!(net.lease_files().is_empty());
-    assert!(!link_exists(&net.bridge));
+    assert!(link_gone(&net.bridge));
 }

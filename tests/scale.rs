@@ -89,6 +89,46 @@ fn a_hundred_parallel_adds_get_distinct_addresses_and_their_programs_and_leave_n
     assert_eq!(net.link_pins(), Vec::<String>::new(), "link pins left");
     assert_eq!(net.dump("endpoints"), Vec::<Value>::new(), "endpoints left");
     assert_eq!(net.dump("pods"), Vec::<Value>::new(), "pod entries left");
-    let left: Vec<String> = pods.iter().map(|(_, id)| host_veth_of(id)).filter(|v| link_exists(v)).collect();
+    let left: Vec<String> = pods.iter().map(|(_, id)| host_veth_of(id)).filter(|v| !link_gone(v)).collect();
     assert!(left.is_empty(), "host veths left: {left:?}");
+}
+
+/// DEL returns before the kernel has deleted the veth (a child of the
+/// plugin does that): what comes right after it must not notice, except
+/// by the veth going a moment later.
+#[test]
+fn what_follows_a_del_waits_for_its_veth_teardown_and_never_loses_to_it() {
+    if !privileged() {
+        return;
+    }
+    let mut net = TestNet::new("deltear", 236, json!({}));
+    let ns = net.new_netns("shared");
+    let path = format!("/run/netns/{ns}");
+    let keeper = net.add_pod("keeper");
+    let (a, b) = (format!("{}-a", net.name), format!("{}-b", net.name));
+    net.pods.extend([a.clone(), b.clone()].map(|id| (ns.clone(), id, "eth0".to_string())));
+    let add = |id: &str| -> Value {
+        let out = ok(net.cni("ADD", &net.conf, id, Some(&path), "eth0"));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let del = |id: &str| ok(net.cni("DEL", &net.conf, id, Some(&path), "eth0"));
+
+    // Another pod in the same namespace with the same name, right after.
+    add(&a);
+    del(&a);
+    add(&b);
+    assert!(link_gone(&host_veth_of(&a)), "a's veth stays");
+    // The same pod again, right after its DEL: the teardown of the old
+    // veth is over before the ADD starts, so it never takes the new one.
+    del(&b);
+    let again = add(&b);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(link_exists(&host_veth_of(&b)), "the re-ADDed pod lost its veth to the teardown");
+    let ip = again["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().to_string();
+    assert!(
+        sh(&format!("ip netns exec {ns} ping -c 1 -W 2 {}", keeper.ip(4))).status.success(),
+        "the re-ADDed pod ({ip}) cannot reach another"
+    );
+    assert_eq!(net.link_pins().len(), 2, "{:?}", net.link_pins());
+    assert!(!net.pin_path.join(&net.name).join("retired").read_dir().unwrap().any(|_| true), "retired pins stay");
 }

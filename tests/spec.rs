@@ -197,7 +197,7 @@ fn gc_releases_everything_not_in_the_valid_list() {
     leases.sort();
     assert_eq!(leases, vec![a.ip(4).to_string(), "10.251.40.200".to_string()]);
     for gone in [&b, &c] {
-        assert!(!link_exists(&gone.host_veth()), "veth of a collected pod remains");
+        assert!(link_gone(&gone.host_veth()), "veth of a collected pod remains");
     }
     assert_eq!(net.link_pins(), vec![a.host_veth()]);
     let eps: Vec<Value> = net.leased_endpoints().iter().map(|e| e["ip"].clone()).collect();
@@ -210,7 +210,7 @@ fn gc_releases_everything_not_in_the_valid_list() {
     assert!(net.lease_files().is_empty());
     assert!(net.link_pins().is_empty());
     assert!(net.dump("endpoints").is_empty() && net.dump("stats").is_empty());
-    assert!(!link_exists(&a.host_veth()));
+    assert!(link_gone(&a.host_veth()));
 
     // GC without the list is refused rather than guessing.
     let mut v11 = net.conf.clone();
@@ -262,7 +262,7 @@ fn add_waits_for_the_agent_on_a_network_it_manages() {
     assert_eq!(err["code"], 11, "{err}");
     assert!(err["msg"].as_str().unwrap().contains("agent has not programmed the node"), "{err}");
     assert!(net.lease_files().is_empty(), "{:?}", net.lease_files());
-    assert!(!link_exists(&host_veth_of(&container_id)), "a host veth was left");
+    assert!(link_gone(&host_veth_of(&container_id)), "a host veth was left");
     assert!(!netns_sh(&netns, "ip -o link show").contains("eth0"), "the pod got an interface");
     let err = error_json(&net.cni("STATUS", &net.conf, "", None, ""));
     assert_eq!(err["code"], 50);

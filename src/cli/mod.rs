@@ -72,6 +72,14 @@ enum Command {
     /// Ends flow tracing when the monitor that started it is gone.
     #[command(hide = true)]
     MonitorGuard(monitor::GuardArgs),
+    /// Deletes a pod's veth after its DEL, holding the attachment's lock (src/cni/teardown.rs).
+    #[command(hide = true)]
+    TeardownVeth {
+        #[arg(long)]
+        veth: String,
+        #[arg(long)]
+        pin_dir: PathBuf,
+    },
     /// Nanoseconds per packet of the classifier (BPF_PROG_TEST_RUN).
     #[command(hide = true)]
     BenchDatapath(bench::BenchArgs),
@@ -141,6 +149,7 @@ pub fn main() -> i32 {
                 anyhow::bail!("--node-name asks the API server: run `ebpfcni-agent install` (this binary links no Kubernetes client)")
             })
         }
+        Command::TeardownVeth { veth, pin_dir } => crate::cni::teardown::run(&veth, &pin_dir),
         Command::BenchDatapath(args) => bench::run(&args),
         Command::BenchNet(cmd) => bench_net::run(&cmd),
         Command::Version => {

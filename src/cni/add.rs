@@ -86,7 +86,10 @@ fn add_in_scope<'s, 'e>(
     let host_link = match host_link {
         Some(link) => link,
         None => {
-            if pod.link_by_name(&env.ifname)?.is_some() {
+            let existing = pod.link_by_name(&env.ifname)?;
+            if existing
+                .is_some_and(|l| !super::teardown::wait_for_retired(&pod, &dp.dir, &env.ifname, &l).unwrap_or(false))
+            {
                 bail!(CniError::error(
                     INVALID_ENV,
                     format!(

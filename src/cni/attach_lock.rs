@@ -17,7 +17,14 @@ use nix::libc;
 
 const FILE: &str = "lock";
 
-pub struct AttachmentLock(#[allow(dead_code)] File);
+pub struct AttachmentLock(File);
+
+impl AttachmentLock {
+    /// The locked file's descriptor, for a child that keeps the lock.
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        self.0.as_raw_fd()
+    }
+}
 
 pub fn lock(data_dir: &Path, network: &str, container_id: &str, ifname: &str) -> Result<AttachmentLock> {
     let dir = data_dir.join(network);

@@ -10,14 +10,15 @@ use super::env::CniEnv;
 use super::{host_veth_name, link_local};
 use crate::datapath;
 use crate::ipam::{self, DiskStore, LeaseStore};
-use crate::netlink::Netlink;
 use crate::policy;
 
 pub fn del(conf: &NetConf, env: &CniEnv) -> Result<Vec<IpAddr>> {
-    let _attachment = super::attach_lock::lock(&conf.data_dir, &conf.name, &env.container_id, &env.ifname)?;
+    let attachment = super::attach_lock::lock(&conf.data_dir, &conf.name, &env.container_id, &env.ifname)?;
     let host_if = host_veth_name(&env.container_id, &env.ifname);
-    let host = Netlink::connect()?;
-    let host_link = host.link_by_name(&host_if)?;
+    // By name from the kernel's RCU-protected table (an ioctl), not a
+    // netlink request, which would wait for RTNL behind every other
+    // pod's veth being deleted.
+    let host_index = nix::net::if_::if_nametoindex(host_if.as_str()).ok();
     // The lease lock is held only to read and, at the end, to release: not
     // across the veth's deletion, which takes the kernel tens of ms.
     let mut ips: Vec<IpAddr> = DiskStore::open(&conf.data_dir, &conf.name)?
@@ -51,13 +52,13 @@ pub fn del(conf: &NetConf, env: &CniEnv) -> Result<Vec<IpAddr>> {
         // have left entries whose lease is already gone, so that address
         // goes too. Only without the veth must DEL search the pods map.
         let mut stale: Vec<IpAddr> = ips.clone();
-        match &host_link {
-            Some(link) => {
-                if let Some(pod) = maps.pod(link.index)? {
+        match host_index {
+            Some(index) => {
+                if let Some(pod) = maps.pod(index)? {
                     stale.push(pod.addr);
                     stale.push(link_local::of_mac(pod.mac));
                 }
-                maps.remove_pod(link.index)?;
+                maps.remove_pod(index)?;
             }
             None => {
                 for pod in maps.pods()? {
@@ -78,16 +79,18 @@ pub fn del(conf: &NetConf, env: &CniEnv) -> Result<Vec<IpAddr>> {
         let _lock = datapath::lock_dir(&dir)?;
         policy::unregister_pod(maps, &stale)?;
     }
-    // The veth goes first, its programs with it: no moment with the pod's
-    // interface up and unwatched, and the links unpinned after it are
-    // already defunct. Unpinned first, each would make the kernel wait for
-    // an RCU grace period holding RTNL, which the deletion then queues
-    // behind (tens of ms per DEL).
-    host.delete_link(&host_if)?;
-    if let Err(e) = datapath::detach(&dir, &host_if) {
-        eprintln!("ebpfcni: DEL: {e:#}");
-    }
     ipam::attachments::remove(&conf.data_dir, &conf.name, &host_if)?;
     ipam::release(&mut DiskStore::open(&conf.data_dir, &conf.name)?, &env.container_id, &env.ifname)?;
+    if host_index.is_some() {
+        // The veth's programs stay attached until the veth is gone (its
+        // deletion takes them along): never a moment without them.
+        datapath::retire_links(&dir, &host_if)?;
+        if let Err(e) = super::teardown::hand_off(&attachment, &dir, &host_if) {
+            eprintln!("ebpfcni: DEL: {e:#}: deleting {host_if} in place");
+            super::teardown::run(&host_if, &dir)?;
+        }
+    } else if let Err(e) = datapath::detach(&dir, &host_if) {
+        eprintln!("ebpfcni: DEL: {e:#}");
+    }
     Ok(ips)
 }

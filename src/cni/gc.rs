@@ -62,7 +62,7 @@ pub fn gc(conf: &NetConf) -> Result<Vec<IpAddr>> {
     let groups = [super::veth_group(&conf.name), super::legacy_veth_group(&conf.name)];
     let tagged =
         host.links()?.into_iter().filter(|l| groups.contains(&l.group) && l.name.starts_with("veth")).map(|l| l.name);
-    let orphans: HashSet<String> = pinned_links(&dir).into_iter().chain(tagged).collect();
+    let orphans: HashSet<String> = datapath::pinned_link_owners(&dir).into_iter().chain(tagged).collect();
     for veth in orphans {
         if !valid_veths.contains(&veth) {
             host.delete_link(&veth)?;
@@ -113,13 +113,4 @@ pub fn gc(conf: &NetConf) -> Result<Vec<IpAddr>> {
         maps.retain_conntrack(|src, dst| kept.contains(&src) || kept.contains(&dst))?;
     }
     Ok(released)
-}
-
-fn pinned_links(dir: &std::path::Path) -> Vec<String> {
-    std::fs::read_dir(dir.join("links"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect()
 }

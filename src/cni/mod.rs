@@ -15,6 +15,7 @@ pub mod link_local;
 pub mod repair;
 pub mod result;
 mod status;
+pub mod teardown;
 mod undo;
 pub mod version;
 

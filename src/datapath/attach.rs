@@ -234,9 +234,15 @@ pub(super) fn replace_clsact(from: BorrowedFd<'_>, to: BorrowedFd<'_>, ifindex: 
 /// last reference). Missing pins are fine: DEL is idempotent. clsact
 /// filters go away with the veth itself.
 pub fn detach(dir: &Path, host_if: &str) -> Result<()> {
-    let d = link_dir(dir, host_if);
-    for egress in [false, true] {
-        let pin = link_pin(dir, host_if, egress);
+    unpin_links_in(&link_dir(dir, host_if))?;
+    unpin_links_in(&retired_dir(dir, host_if))
+}
+
+/// Unpins the two links pinned in `d` (which detaches them unless their
+/// device is gone already) and removes `d`.
+fn unpin_links_in(d: &Path) -> Result<()> {
+    for side in ["ingress", "egress"] {
+        let pin = d.join(side);
         match fs::remove_file(&pin) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => {
                 return Err(e).with_context(|| format!("unpin tcx link {}", pin.display()))
@@ -244,10 +250,53 @@ pub fn detach(dir: &Path, host_if: &str) -> Result<()> {
             _ => {}
         }
     }
-    match fs::remove_dir(&d) {
+    match fs::remove_dir(d) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e).with_context(|| format!("remove {}", d.display())),
         _ => Ok(()),
     }
+}
+
+/// `retired/<host veth>/`: the links of a pod DEL is done with, whose veth
+/// is still being deleted. They stay attached meanwhile: a veth never
+/// runs without its programs.
+const RETIRED_DIR: &str = "retired";
+
+fn retired_dir(dir: &Path, host_if: &str) -> PathBuf {
+    dir.join(RETIRED_DIR).join(host_if)
+}
+
+/// Moves a pod's link pins from `links/` to `retired/` (one rename, no
+/// syscall that waits for the kernel): for every reader of `links/` the
+/// pod is gone, while its programs stay attached until `detach` after the
+/// veth's deletion.
+/// The directory stays (empty with clsact) until `detach`: it marks the
+/// veth as being deleted (`is_retired`).
+pub fn retire_links(dir: &Path, host_if: &str) -> Result<()> {
+    let from = link_dir(dir, host_if);
+    let to = retired_dir(dir, host_if);
+    // Left by a teardown that died: that veth is gone or GC's to delete.
+    unpin_links_in(&to)?;
+    fs::create_dir_all(dir.join(RETIRED_DIR)).with_context(|| format!("create {}", dir.join(RETIRED_DIR).display()))?;
+    match fs::rename(&from, &to) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            fs::create_dir(&to).with_context(|| format!("create {}", to.display()))
+        }
+        other => other.with_context(|| format!("move {} to {}", from.display(), to.display())),
+    }
+}
+
+/// Whether `host_if` is a veth a DEL has finished with, being deleted.
+pub fn is_retired(dir: &Path, host_if: &str) -> bool {
+    retired_dir(dir, host_if).exists()
+}
+
+/// The host veths whose links are pinned, in `links/` or `retired/`.
+pub fn pinned_link_owners(dir: &Path) -> Vec<String> {
+    [LINKS_DIR, RETIRED_DIR]
+        .iter()
+        .flat_map(|d| fs::read_dir(dir.join(d)).into_iter().flatten().flatten())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
 }
 
 /// `devices/<device>/ingress`: the TCX link of `from_peer` on a node

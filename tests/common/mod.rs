@@ -100,6 +100,20 @@ pub fn link_exists(name: &str) -> bool {
     Path::new("/sys/class/net").join(name).exists()
 }
 
+/// Whether link `name` is gone, or goes within 10 s: DEL returns before
+/// the kernel has deleted the pod's veth (a child process of the plugin
+/// does that, src/cni/teardown.rs).
+pub fn link_gone(name: &str) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while link_exists(name) {
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    true
+}
+
 pub fn counter(ifname: &str, stat: &str) -> u64 {
     std::fs::read_to_string(format!("/sys/class/net/{ifname}/statistics/{stat}"))
         .unwrap_or_default()
