@@ -12,7 +12,6 @@
 
 mod common;
 
-use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Command, Output, Stdio};
@@ -71,13 +70,7 @@ impl NodeNs {
 
     /// Runs `f` inside the node's namespace on a helper thread.
     fn run_in<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let ns = File::open(format!("/run/netns/{}", self.0)).expect("open node netns");
-        std::thread::spawn(move || {
-            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-            f()
-        })
-        .join()
-        .expect("thread in node")
+        in_netns(&format!("/run/netns/{}", self.0), f)
     }
 }
 

@@ -163,14 +163,20 @@ impl Pod {
 
     /// Runs `f` inside the pod's network namespace on a helper thread.
     pub fn run_in<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let ns = File::open(self.netns_path()).expect("open netns");
-        std::thread::spawn(move || {
-            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-            f()
-        })
-        .join()
-        .expect("thread in netns")
+        in_netns(&self.netns_path(), f)
     }
+}
+
+/// Runs `f` on a helper thread inside the network namespace at `path`
+/// (setns of the network namespace only: the bpffs stays in view).
+pub fn in_netns<T: Send + 'static>(path: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let ns = File::open(path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+    std::thread::spawn(move || {
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        f()
+    })
+    .join()
+    .unwrap_or_else(|_| panic!("thread in {path} panicked"))
 }
 
 /// A TCP round trip over IPv4: `server` listens, `client` connects and

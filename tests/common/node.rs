@@ -8,7 +8,6 @@
 //! a test can run one scenario on both. Dropping it removes everything.
 
 use std::cell::RefCell;
-use std::fs::File;
 use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -250,13 +249,7 @@ impl Node {
 
     /// Runs `f` inside the node's namespace on a helper thread.
     pub fn run_in<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let ns = File::open(format!("/run/netns/{}", self.ns)).expect("open node netns");
-        std::thread::spawn(move || {
-            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-            f()
-        })
-        .join()
-        .expect("thread in node")
+        super::in_netns(&format!("/run/netns/{}", self.ns), f)
     }
 }
 
