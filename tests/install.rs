@@ -77,6 +77,10 @@ fn key(v: &str) -> Vec<u32> {
 }
 
 /// Calls one plugin of a conflist the way libcni does.
+/// The namespace the chained test's node runs in: portmap's iptables
+/// tables are node-wide state, never the machine's own.
+const NODE_NS: &str = "ebt-opinstall-node";
+
 fn invoke(bin: &str, list: &Value, plugin: &Value, command: &str, prev: Option<&Value>, netns: &str) -> Output {
     let mut conf = plugin.clone();
     conf["name"] = list["name"].clone();
@@ -88,7 +92,7 @@ fn invoke(bin: &str, list: &Value, plugin: &Value, command: &str, prev: Option<&
         conf["runtimeConfig"] =
             json!({"portMappings": [{"hostPort": 18116, "containerPort": 8116, "protocol": "tcp"}]});
     }
-    common::run_plugin(bin, command, "op16-install-pod", netns, &conf)
+    common::run_plugin_in(Some(NODE_NS), bin, command, "op16-install-pod", netns, &conf)
 }
 
 #[test]
@@ -118,7 +122,7 @@ fn chained_portmap_add_through_the_installed_conflist_and_uninstall() {
         "cniVersion": "1.1.0",
         "name": net.name,
         "plugins": [
-            // ipForward off: this pod lives in the machine's own namespace.
+            // ipForward off: the node's namespace needs no forwarding here.
             {"type": "ebpfcni", "bridge": net.bridge, "subnet": "10.251.116.0/24",
              "dataDir": net.data_dir, "bpfPinPath": net.pin_path, "ipForward": false},
             {"type": "portmap", "capabilities": {"portMappings": true}, "snat": true},
@@ -133,6 +137,7 @@ fn chained_portmap_add_through_the_installed_conflist_and_uninstall() {
 
     // ADD through the installed conflist: ebpfcni, then portmap with its
     // result as prevResult; portmap must accept the version.
+    assert_eq!(net.new_netns("node"), NODE_NS);
     let ns = net.new_netns("p");
     let netns = format!("/run/netns/{ns}");
     net.pods.push((ns.clone(), "op16-install-pod".into(), "eth0".into()));
@@ -148,7 +153,8 @@ fn chained_portmap_add_through_the_installed_conflist_and_uninstall() {
     cleanup.3 = Some(result.clone());
     let chained = invoke(&portmap, &installed, &installed["plugins"][1], "ADD", Some(&result), &netns);
     assert!(chained.status.success(), "portmap refused the installed conflist: {}", text(&chained));
-    let nat = String::from_utf8_lossy(&sh("iptables -t nat -S").stdout).into_owned();
+    let nat = String::from_utf8_lossy(&sh(&format!("nsenter --net=/run/netns/{NODE_NS} iptables -t nat -S")).stdout)
+        .into_owned();
     assert!(nat.contains("--dport 18116"), "{nat}");
 
     // A pod is attached: --purge is refused and removes nothing.
