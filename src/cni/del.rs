@@ -1,5 +1,7 @@
 //! DEL: the reverse of ADD, idempotent — whatever is already gone (the
-//! netns, the veth, a map entry, the lease) counts as removed.
+//! netns, the veth, a map entry, the lease) counts as removed. The veth's
+//! deletion itself, the slow part, finishes after DEL has returned
+//! (src/cni/teardown.rs).
 
 use std::net::IpAddr;
 
