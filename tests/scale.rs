@@ -131,4 +131,25 @@ fn what_follows_a_del_waits_for_its_veth_teardown_and_never_loses_to_it() {
     );
     assert_eq!(net.link_pins().len(), 2, "{:?}", net.link_pins());
     assert!(!net.pin_path.join(&net.name).join("retired").read_dir().unwrap().any(|_| true), "retired pins stay");
+
+    // Even with the lease directory (and its lock) wiped right after a
+    // DEL, the teardown deletes the veth it was given, by index, and only
+    // its retired pins: the pod ADDed again at once under the same veth
+    // name, elsewhere, keeps its veth and its programs.
+    del(&b);
+    std::fs::remove_dir_all(net.data_dir.join(&net.name)).unwrap();
+    let elsewhere = net.new_netns("elsewhere");
+    net.pods.push((elsewhere.clone(), b.clone(), "eth0".to_string()));
+    let out = ok(net.cni("ADD", &net.conf, &b, Some(&format!("/run/netns/{elsewhere}")), "eth0"));
+    let result: Value = serde_json::from_slice(&out.stdout).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(link_exists(&host_veth_of(&b)), "the teardown deleted the veth of the pod ADDed since");
+    assert!(net.link_pins().contains(&host_veth_of(&b)), "the teardown unpinned the links of the pod ADDed since");
+    // Its gateway: the wiped leases no longer keep the keeper's address
+    // from being handed out again.
+    let gateway = result["ips"][0]["gateway"].as_str().unwrap();
+    assert!(
+        sh(&format!("ip netns exec {elsewhere} ping -c 1 -W 2 {gateway}")).status.success(),
+        "the pod ADDed since cannot reach its gateway"
+    );
 }

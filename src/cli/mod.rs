@@ -78,6 +78,8 @@ enum Command {
         #[arg(long)]
         veth: String,
         #[arg(long)]
+        ifindex: u32,
+        #[arg(long)]
         pin_dir: PathBuf,
     },
     /// Nanoseconds per packet of the classifier (BPF_PROG_TEST_RUN).
@@ -149,7 +151,7 @@ pub fn main() -> i32 {
                 anyhow::bail!("--node-name asks the API server: run `ebpfcni-agent install` (this binary links no Kubernetes client)")
             })
         }
-        Command::TeardownVeth { veth, pin_dir } => crate::cni::teardown::run(&veth, &pin_dir),
+        Command::TeardownVeth { veth, ifindex, pin_dir } => crate::cni::teardown::run(&veth, ifindex, &pin_dir),
         Command::BenchDatapath(args) => bench::run(&args),
         Command::BenchNet(cmd) => bench_net::run(&cmd),
         Command::Version => {

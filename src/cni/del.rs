@@ -83,13 +83,13 @@ pub fn del(conf: &NetConf, env: &CniEnv) -> Result<Vec<IpAddr>> {
     }
     ipam::attachments::remove(&conf.data_dir, &conf.name, &host_if)?;
     ipam::release(&mut DiskStore::open(&conf.data_dir, &conf.name)?, &env.container_id, &env.ifname)?;
-    if host_index.is_some() {
+    if let Some(index) = host_index {
         // The veth's programs stay attached until the veth is gone (its
         // deletion takes them along): never a moment without them.
         datapath::retire_links(&dir, &host_if)?;
-        if let Err(e) = super::teardown::hand_off(&attachment, &dir, &host_if) {
+        if let Err(e) = super::teardown::hand_off(&attachment, &dir, &host_if, index) {
             eprintln!("ebpfcni: DEL: {e:#}: deleting {host_if} in place");
-            super::teardown::run(&host_if, &dir)?;
+            super::teardown::run(&host_if, index, &dir)?;
         }
     } else if let Err(e) = datapath::detach(&dir, &host_if) {
         eprintln!("ebpfcni: DEL: {e:#}");

@@ -27,10 +27,10 @@ pub const LOCK_FD: RawFd = 3;
 /// it shares `lock` (one open file description: the lock is held until
 /// the last of the two processes lets go). Nothing of it reaches the
 /// runtime's pipes.
-pub fn hand_off(lock: &AttachmentLock, dir: &Path, host_if: &str) -> Result<()> {
+pub fn hand_off(lock: &AttachmentLock, dir: &Path, host_if: &str, ifindex: u32) -> Result<()> {
     let fd = lock.raw_fd();
     let mut cmd = Command::new("/proc/self/exe");
-    cmd.args(["teardown-veth", "--veth", host_if, "--pin-dir"])
+    cmd.args(["teardown-veth", "--veth", host_if, "--ifindex", &ifindex.to_string(), "--pin-dir"])
         .arg(dir)
         .env_remove("CNI_COMMAND")
         .stdin(Stdio::null())
@@ -54,10 +54,13 @@ pub fn hand_off(lock: &AttachmentLock, dir: &Path, host_if: &str) -> Result<()> 
 }
 
 /// The child's work (`ebpfcni teardown-veth`): the veth first, its
-/// programs with it, then the links' pins, already defunct.
-pub fn run(host_if: &str, dir: &Path) -> Result<()> {
-    Netlink::connect()?.delete_link(host_if)?;
-    datapath::detach(dir, host_if)
+/// programs with it, then the retired links' pins, already defunct. By
+/// index and by `retired/` only: a pod that got the same veth name since
+/// (its ADD could not have, holding the same lock, unless the lease
+/// directory was wiped) keeps its veth and its links.
+pub fn run(host_if: &str, ifindex: u32, dir: &Path) -> Result<()> {
+    Netlink::connect()?.delete_link_index(ifindex)?;
+    datapath::drop_retired(dir, host_if)
 }
 
 /// A pod interface `ifname` already in the netns whose host end is a veth

@@ -285,6 +285,12 @@ pub fn retire_links(dir: &Path, host_if: &str) -> Result<()> {
     }
 }
 
+/// Unpins the retired links of `host_if` (its veth gone): never the
+/// `links/` of a pod that took its name since.
+pub fn drop_retired(dir: &Path, host_if: &str) -> Result<()> {
+    unpin_links_in(&retired_dir(dir, host_if))
+}
+
 /// Whether `host_if` is a veth a DEL has finished with, being deleted.
 pub fn is_retired(dir: &Path, host_if: &str) -> bool {
     retired_dir(dir, host_if).exists()

@@ -20,7 +20,7 @@ mod skel {
     include!(concat!(env!("OUT_DIR"), "/datapath.skel.rs"));
 }
 
-pub use attach::{detach, is_retired, pinned_link_owners, retire_links, AttachMode, Attached};
+pub use attach::{detach, drop_retired, is_retired, pinned_link_owners, retire_links, AttachMode, Attached};
 pub use features::{missing_required, probe as probe_features, Feature};
 pub use maps::{
     event, proto_name, proto_number, Direction, EndpointEntry, EventLoss, IpcacheEntry, IpcacheKind, MapFull, Maps,
