@@ -28,7 +28,11 @@ ebpf_conf() { # attach mode
 }
 REF_CONF='{"cniVersion":"1.0.0","name":"bench-ref","type":"bridge","bridge":"benchref0","isGateway":true,"ipam":{"type":"host-local","subnet":"10.252.2.0/24","dataDir":"'$WORK'/ref"}}'
 
+# The reference's isGateway turns on forwarding: the machine gets its own
+# setting back.
+IP_FORWARD=$(cat /proc/sys/net/ipv4/ip_forward)
 cleanup() {
+    echo "$IP_FORWARD" >/proc/sys/net/ipv4/ip_forward
     for i in $(seq 0 "$((N > P ? N : P))"); do ip netns del "bench-$i" 2>/dev/null || true; done
     for i in $(seq 1 1000); do ip netns del "benchm-$i" 2>/dev/null || true; done
     ip link del benchmem0 2>/dev/null || true
