@@ -73,7 +73,8 @@ fn add_in_scope<'s, 'e>(
                 policy::unregister_pod(&dp.maps, &[ll])?;
             }
             dp.maps.remove_pod(h.index)?;
-            // The veth first, then its (defunct) links: see DEL.
+            // The veth first, then its (defunct) links: never a live veth
+            // without its programs.
             host.delete_link(host_if)?;
             datapath::detach(&dp.dir, host_if)?;
             host_link = None;
@@ -86,10 +87,12 @@ fn add_in_scope<'s, 'e>(
     let host_link = match host_link {
         Some(link) => link,
         None => {
-            let existing = pod.link_by_name(&env.ifname)?;
-            if existing
-                .is_some_and(|l| !super::teardown::wait_for_retired(&pod, &dp.dir, &env.ifname, &l).unwrap_or(false))
-            {
+            // A retired veth of another pod of this namespace goes in a moment.
+            let taken = match pod.link_by_name(&env.ifname)? {
+                Some(l) => !super::teardown::wait_for_retired(&pod, &dp.dir, &env.ifname, &l)?,
+                None => false,
+            };
+            if taken {
                 bail!(CniError::error(
                     INVALID_ENV,
                     format!(

@@ -41,7 +41,8 @@ pub fn gc(conf: &NetConf) -> Result<Vec<IpAddr>> {
         }
         if !lease.ifname.is_empty() {
             let veth = host_veth_name(&lease.container_id, &lease.ifname);
-            // The veth first, then its (defunct) links: see DEL.
+            // The veth first, then its (defunct) links: never a live veth
+            // without its programs.
             host.delete_link(&veth)?;
             datapath::detach(&dir, &veth)?;
         }

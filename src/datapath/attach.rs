@@ -268,9 +268,8 @@ fn retired_dir(dir: &Path, host_if: &str) -> PathBuf {
 /// Moves a pod's link pins from `links/` to `retired/` (one rename, no
 /// syscall that waits for the kernel): for every reader of `links/` the
 /// pod is gone, while its programs stay attached until `detach` after the
-/// veth's deletion.
-/// The directory stays (empty with clsact) until `detach`: it marks the
-/// veth as being deleted (`is_retired`).
+/// veth's deletion. The directory stays (empty with clsact) until then:
+/// it marks the veth as being deleted (`is_retired`).
 pub fn retire_links(dir: &Path, host_if: &str) -> Result<()> {
     let from = link_dir(dir, host_if);
     let to = retired_dir(dir, host_if);

@@ -234,23 +234,23 @@ impl Netlink {
     }
 
     /// Deletes the link; Ok(false) when it did not exist.
-    /// Deletes the link with this index (never another that took its name
-    /// since); false when there is none.
-    pub fn delete_link_index(&self, index: u32) -> Result<bool> {
-        match self.request(Rtm::Dellink, NlmF::empty(), ifinfo(index as i32, RtBuffer::new())?) {
-            Ok(()) => Ok(true),
-            Err(e) if super::is_not_found(&e) => Ok(false),
-            Err(e) => Err(e.context(format!("delete link {index}"))),
-        }
-    }
-
     pub fn delete_link(&self, name: &str) -> Result<bool> {
         let mut attrs = RtBuffer::new();
         attrs.push(attr(Ifla::Ifname, name)?);
-        match self.request(Rtm::Dellink, NlmF::empty(), ifinfo(0, attrs)?) {
+        self.dellink(ifinfo(0, attrs)?, name)
+    }
+
+    /// Deletes the link with this index (never another that took its name
+    /// since); Ok(false) when there is none.
+    pub fn delete_link_index(&self, index: u32) -> Result<bool> {
+        self.dellink(ifinfo(index as i32, RtBuffer::new())?, &format!("index {index}"))
+    }
+
+    fn dellink(&self, msg: Ifinfomsg, what: &str) -> Result<bool> {
+        match self.request(Rtm::Dellink, NlmF::empty(), msg) {
             Ok(()) => Ok(true),
             Err(e) if super::is_not_found(&e) => Ok(false),
-            Err(e) => Err(e.context(format!("delete link {name}"))),
+            Err(e) => Err(e.context(format!("delete link {what}"))),
         }
     }
 }
